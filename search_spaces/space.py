@@ -1,0 +1,288 @@
+"""A search space: the choices of every gene, validation, sampling and the genetic operators."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from functools import cached_property
+
+import numpy as np
+
+from search_spaces.arch import ATTENTION_KINDS, CELL_KINDS, Arch, StageArch
+
+STEM_STRIDES = {1: (1, 1), 2: (2, 1), 4: (2, 2)}
+CONV_NORMS = ("ln", "bn")
+POOLS = (1, 2)
+PATHS = (1, 2, 3)
+
+
+def conv_out(size: int, stride: int) -> int:
+    """Output size of a 3x3 convolution with padding 1 (the stem and the pooling convs)."""
+    return (size - 1) // stride + 1
+
+
+@dataclass(frozen=True)
+class StageChoices:
+    pool: tuple[int, ...]
+    dim: tuple[int, ...]
+    paths: tuple[int, ...]
+    max_cells: int
+    cells: tuple[str, ...]
+    attn: tuple[str, ...]
+    topk: tuple[int, ...]
+    regions: tuple[int, ...]
+    mlp_ratio: tuple[float, ...]
+
+    def gene_choices(self) -> list[tuple]:
+        """Choices of every genome position of this stage, in genome order."""
+        return [self.pool, self.dim, self.paths, *([self.cells] * self.max_cells),
+                self.attn, self.topk, self.regions, self.mlp_ratio]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Choices of every gene of an arch plus the fixed facts (input size, head_dim, classes).
+
+    `ref` is how the space was found (its name for a built-in space, else its YAML path); archs
+    sampled from it carry it, so an arch YAML is enough to rebuild the space.
+    """
+
+    name: str
+    img_size: int
+    in_chans: int
+    num_classes: int
+    head_dim: int
+    stem_stride: int
+    conv_norm: str
+    stages: tuple[StageChoices, ...]
+    ref: str = ""
+
+    # ---- structure ---------------------------------------------------------------------------
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("ref")
+        d["stages"] = [{k: list(v) if isinstance(v, tuple) else v for k, v in s.items()} for s in d["stages"]]
+        return d
+
+    @cached_property
+    def hash(self) -> str:
+        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    @cached_property
+    def _gene_choices(self) -> list[tuple]:
+        return [c for stage in self.stages for c in stage.gene_choices()]
+
+    @property
+    def genome_length(self) -> int:
+        return len(self._gene_choices)
+
+    def stem_output(self) -> int:
+        a, b = STEM_STRIDES[self.stem_stride]
+        return conv_out(conv_out(self.img_size, a), b)
+
+    def stage_sizes(self, arch: Arch) -> list[int]:
+        """Side of the (square) token map of every stage."""
+        size, sizes = self.stem_output(), []
+        for stage in arch.stages:
+            size = conv_out(size, stage.pool)
+            sizes.append(size)
+        return sizes
+
+    # ---- validation --------------------------------------------------------------------------
+
+    def validate(self, arch: Arch) -> Arch:
+        """Return the canonical form of `arch`, or raise ValueError naming the gene, value and choices."""
+        if arch.space not in (self.name, self.ref):
+            raise ValueError(f"arch belongs to space {arch.space!r}, not to {self.name!r}")
+        if len(arch.stages) != len(self.stages):
+            raise ValueError(f"arch has {len(arch.stages)} stages; space {self.name!r} has {len(self.stages)}")
+        prev_dim, size = 0, self.stem_output()
+        for i, (stage, choices) in enumerate(zip(arch.stages, self.stages)):
+            where = f"stage {i + 1}"
+            _check_gene(where, "pool", stage.pool, choices.pool)
+            _check_gene(where, "dim", stage.dim, choices.dim)
+            _check_gene(where, "paths", stage.paths, choices.paths)
+            if len(stage.cells) != choices.max_cells:
+                raise ValueError(f"{where}: gene 'cells' must have {choices.max_cells} entries, got {list(stage.cells)}")
+            for j, cell in enumerate(stage.cells):
+                _check_gene(where, f"cells[{j}]", cell, choices.cells)
+            if stage.dim < prev_dim:
+                raise ValueError(f"{where}: gene 'dim' = {stage.dim} is smaller than the previous stage's {prev_dim}; "
+                                 "dim never shrinks from one stage to the next")
+            prev_dim, size = stage.dim, conv_out(size, stage.pool)
+            if not stage.has_layers:
+                continue
+            _check_gene(where, "attn", stage.attn, choices.attn)
+            _check_gene(where, "mlp_ratio", stage.mlp_ratio, choices.mlp_ratio)
+            if stage.attn == "bra":
+                _check_gene(where, "topk", stage.topk, choices.topk)
+                _check_gene(where, "regions", stage.regions, choices.regions)
+                if stage.regions > size:
+                    raise ValueError(f"{where}: gene 'regions' = {stage.regions} exceeds the stage's token map side "
+                                     f"{size}; allowed: regions <= {size}")
+                if stage.topk > stage.regions**2:
+                    raise ValueError(f"{where}: gene 'topk' = {stage.topk} exceeds regions^2 = {stage.regions**2}")
+        return arch.canonical()
+
+    def contains(self, arch: Arch) -> bool:
+        try:
+            self.validate(arch)
+        except ValueError:
+            return False
+        return True
+
+    # ---- genome ------------------------------------------------------------------------------
+
+    def encode(self, arch: Arch) -> list[int]:
+        """Fixed-length genome: the index of every gene in its choices (None -> 0)."""
+        genome = []
+        for stage in arch.canonical().stages:
+            values = [stage.pool, stage.dim, stage.paths, *stage.cells, stage.attn, stage.topk, stage.regions,
+                      stage.mlp_ratio]
+            genome.extend(values)
+        return [0 if v is None else choices.index(v) for v, choices in zip(genome, self._gene_choices)]
+
+    def decode(self, genome: list[int] | np.ndarray) -> Arch:
+        """The canonical arch of a genome; it may be outside the space (see `contains`)."""
+        if len(genome) != self.genome_length:
+            raise ValueError(f"genome has {len(genome)} genes; space {self.name!r} expects {self.genome_length}")
+        values = [choices[int(i)] for i, choices in zip(genome, self._gene_choices)]
+        stages, pos = [], 0
+        for choices in self.stages:
+            pool, dim, paths = values[pos:pos + 3]
+            cells = tuple(values[pos + 3:pos + 3 + choices.max_cells])
+            attn, topk, regions, mlp_ratio = values[pos + 3 + choices.max_cells:pos + 7 + choices.max_cells]
+            stages.append(StageArch(pool, dim, paths, cells, attn, topk, regions, mlp_ratio))
+            pos += 7 + choices.max_cells
+        return Arch(self.ref or self.name, tuple(stages)).canonical()
+
+    # ---- sampling and the genetic operators --------------------------------------------------
+
+    def sample(self, rng: np.random.Generator, max_tries: int = 1000) -> Arch:
+        """A uniformly random valid arch: every gene uniform, invalid draws rejected."""
+        sizes = [len(c) for c in self._gene_choices]
+        return self._first_valid(lambda: rng.integers(0, sizes), max_tries, "sample")
+
+    def mutate(self, arch: Arch, prob: float, rng: np.random.Generator, max_tries: int = 1000) -> Arch:
+        """Redraw every gene with probability `prob`, until the result is valid."""
+        if not 0.0 <= prob <= 1.0:
+            raise ValueError(f"prob must be in [0, 1], got {prob}")
+        genome = np.asarray(self.encode(arch))
+        sizes = np.array([len(c) for c in self._gene_choices])
+
+        def draw() -> np.ndarray:
+            redraw = rng.random(len(genome)) < prob
+            return np.where(redraw, rng.integers(0, sizes), genome)
+
+        return self._first_valid(draw, max_tries, "mutate")
+
+    def crossover(self, a: Arch, b: Arch, rng: np.random.Generator, max_tries: int = 1000) -> Arch:
+        """Take every gene from `a` or `b` with equal probability, until the result is valid."""
+        ga, gb = np.asarray(self.encode(a)), np.asarray(self.encode(b))
+        return self._first_valid(lambda: np.where(rng.random(len(ga)) < 0.5, ga, gb), max_tries, "crossover")
+
+    def _first_valid(self, draw, max_tries: int, what: str) -> Arch:
+        for _ in range(max_tries):
+            arch = self.decode(draw())
+            if self.contains(arch):
+                return arch
+        raise RuntimeError(f"{what}: no valid arch of space {self.name!r} in {max_tries} tries")
+
+    # ---- size --------------------------------------------------------------------------------
+
+    @cached_property
+    def size(self) -> int:
+        """Number of distinct canonical archs, by dynamic programming over (token map side, dim)."""
+        counts = {(self.stem_output(), 0): 1}
+        for choices in self.stages:
+            nxt: dict[tuple[int, int], int] = {}
+            for (size, prev_dim), n in counts.items():
+                for pool in choices.pool:
+                    side = conv_out(size, pool)
+                    per_stage = len(choices.paths) * _cell_configs(choices, side)
+                    for dim in choices.dim:
+                        if dim >= prev_dim and per_stage:
+                            nxt[(side, dim)] = nxt.get((side, dim), 0) + n * per_stage
+            counts = nxt
+        return sum(counts.values())
+
+
+def _cell_configs(choices: StageChoices, side: int) -> int:
+    """Canonical (cells, attn, topk, regions, mlp_ratio) combinations of a stage at this map side."""
+    all_skip = 1 if "skip" in choices.cells else 0
+    with_layers = len(choices.cells) ** choices.max_cells - all_skip
+    attn = 0
+    if "mhsa" in choices.attn:
+        attn += 1
+    if "bra" in choices.attn:
+        attn += sum(1 for s in choices.regions for k in choices.topk if s <= side and k <= s * s)
+    return all_skip + with_layers * attn * len(choices.mlp_ratio)
+
+
+def _check_gene(where: str, gene: str, value: object, allowed: tuple) -> None:
+    if value not in allowed or isinstance(value, bool):
+        raise ValueError(f"{where}: gene '{gene}' = {value!r} is not allowed; allowed: {list(allowed)}")
+
+
+def space_from_dict(data: object, ref: str) -> SearchSpace:
+    """Build and check a space from its YAML mapping; errors name the field and what is allowed."""
+    if not isinstance(data, dict):
+        raise ValueError(f"space {ref}: expected a mapping, got {type(data).__name__}")
+    fields = {"name", "img_size", "in_chans", "num_classes", "head_dim", "stem_stride", "conv_norm", "stages"}
+    unknown, missing = set(data) - fields, fields - set(data) - {"in_chans", "conv_norm"}
+    if unknown:
+        raise ValueError(f"space {ref}: unknown field(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+    if missing:
+        raise ValueError(f"space {ref}: missing field(s) {sorted(missing)}")
+    for key in ("img_size", "num_classes", "head_dim"):
+        if not isinstance(data[key], int) or data[key] < 1:
+            raise ValueError(f"space {ref}: '{key}' must be a positive integer, got {data[key]!r}")
+    if data["stem_stride"] not in STEM_STRIDES:
+        raise ValueError(f"space {ref}: 'stem_stride' = {data['stem_stride']!r}; allowed: {list(STEM_STRIDES)}")
+    conv_norm = data.get("conv_norm", "ln")
+    if conv_norm not in CONV_NORMS:
+        raise ValueError(f"space {ref}: 'conv_norm' = {conv_norm!r}; allowed: {list(CONV_NORMS)}")
+    if not isinstance(data["stages"], list) or len(data["stages"]) != 4:
+        raise ValueError(f"space {ref}: 'stages' must be a list of 4 stage mappings")
+    head_dim = data["head_dim"]
+    stages = tuple(_stage_choices(s, head_dim, f"space {ref}: stage {i + 1}") for i, s in enumerate(data["stages"]))
+    space = SearchSpace(str(data["name"]), data["img_size"], int(data.get("in_chans", 3)), data["num_classes"],
+                        head_dim, data["stem_stride"], conv_norm, stages, ref)
+    if space.size == 0:
+        raise ValueError(f"space {ref}: no arch satisfies the constraints (dim never shrinks; regions <= map side)")
+    return space
+
+
+def _stage_choices(data: object, head_dim: int, where: str) -> StageChoices:
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping of gene choices")
+    genes = {"pool": POOLS, "dim": None, "paths": PATHS, "max_cells": None, "cells": CELL_KINDS,
+             "attn": ATTENTION_KINDS, "topk": None, "regions": None, "mlp_ratio": None}
+    unknown = set(data) - set(genes)
+    if unknown:
+        raise ValueError(f"{where}: unknown gene(s) {sorted(unknown)}; allowed: {list(genes)}")
+    out = {}
+    for gene, allowed in genes.items():
+        if gene == "max_cells":
+            value = data.get(gene)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{where}: 'max_cells' must be a positive integer, got {value!r}")
+            out[gene] = value
+            continue
+        value = data.get(gene, [1] if gene in ("topk", "regions") else None)
+        if not isinstance(value, list) or not value or len(set(value)) != len(value):
+            raise ValueError(f"{where}: '{gene}' must be a non-empty list of distinct choices, got {value!r}")
+        if allowed is not None and not set(value) <= set(allowed):
+            raise ValueError(f"{where}: '{gene}' = {value}; each choice must be one of {list(allowed)}")
+        out[gene] = tuple(float(v) for v in value) if gene == "mlp_ratio" else tuple(value)
+    for dim in out["dim"]:
+        if not isinstance(dim, int) or dim <= 0 or dim % head_dim:
+            raise ValueError(f"{where}: 'dim' choice {dim!r} must be a positive multiple of head_dim {head_dim}")
+        for r in out["mlp_ratio"]:
+            if r <= 0 or abs(dim * r - round(dim * r)) > 1e-9:
+                raise ValueError(f"{where}: 'mlp_ratio' choice {r} times dim {dim} must be a whole number")
+    for gene in ("topk", "regions"):
+        if not all(isinstance(v, int) and v >= 1 for v in out[gene]):
+            raise ValueError(f"{where}: '{gene}' choices must be positive integers, got {list(out[gene])}")
+    return StageChoices(**out)
