@@ -1,0 +1,282 @@
+"""The NAS-ViT network: blocks, model, builder, timm registration.
+
+The blocks build their layers through an `Ops` factory. With `PLAIN_OPS` and a concrete arch they
+make the standalone model that `nas export` ships; the supernet (`supernet.py`) builds the same blocks
+with elastic ops at the largest size and switches them per arch. One forward code serves both.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from timm.models import register_model
+from torch import nn
+
+from search_spaces import Arch, SearchSpace, StageArch, load_arch, load_space
+from search_spaces.space import STEM_STRIDES
+from supernets.attention import AttentionState, attention_kernel
+from supernets.ops import PLAIN_OPS, Ops
+
+
+def tokens_to_map(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    B, N, C = x.shape
+    return x.transpose(1, 2).reshape(B, C, *size)  # (B, C, H, W)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    return x.flatten(2).transpose(1, 2)  # (B, H*W, C)
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear (timm's Mlp, but with the linear layer from the op factory)."""
+
+    def __init__(self, dim: int, hidden: int, ops: Ops):
+        super().__init__()
+        self.fc1 = ops.linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = ops.linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class DWSepConv(nn.Module):
+    """Depthwise 3x3 (stride) -> pointwise 1x1 -> norm -> Hardswish: MPViT's patch embedding."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: str, ops: Ops):
+        super().__init__()
+        self.dw = ops.dwconv(c_in, 3, stride)
+        self.pw = ops.conv(c_in, c_out, 1)
+        self.norm = ops.conv_norm(norm, c_out)
+        self.act = nn.Hardswish()
+
+    def forward(self, x):  # (B, C_in, H, W) -> (B, C_out, H / stride, W / stride)
+        return self.act(self.norm(self.pw(self.dw(x))))
+
+
+class Attention(nn.Module):
+    """q/k/v/output projections around a kernel from the factory; `bra` adds padding and LCE(V).
+
+    `with_qk=False` builds the second layer of a `shared` cell, which reuses the first layer's attention.
+    """
+
+    def __init__(self, dim: int, num_heads: int, kind: str, topk: int | None, regions: int | None, ops: Ops,
+                 with_qk: bool = True):
+        super().__init__()
+        self.num_heads, self.kind, self.topk, self.regions = num_heads, kind, topk, regions
+        self.q = ops.linear(dim, dim) if with_qk else None
+        self.k = ops.linear(dim, dim) if with_qk else None
+        self.v = ops.linear(dim, dim)
+        self.lce = ops.dwconv(dim, 5, bias=True) if kind == "bra" else None
+        self.proj = ops.linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int], reuse: AttentionState | None = None,
+                keep: bool = False) -> tuple[torch.Tensor, AttentionState | None]:
+        B, N, C = x.shape
+        H, W = size
+        x = x.view(B, H, W, C)
+        if self.kind == "bra":  # BiFormer pads the normed input right/bottom to a multiple of S
+            pad_h, pad_w = -H % self.regions, -W % self.regions
+            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
+        v = self.v(x)
+        q, k = (None, None) if reuse is not None else (self.q(x), self.k(x))
+        out, state = attention_kernel(self.kind)(q, k, v, self.num_heads, topk=self.topk, regions=self.regions,
+                                                 reuse=reuse, keep=keep)  # (B, Hp, Wp, C)
+        if self.kind == "bra":  # the supernet holds LCE in every layer; only bra uses it
+            out = out + self.lce(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        out = out[:, :H, :W].reshape(B, N, C)
+        return self.proj(out), state
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm layer: conditional position encoding (DW 3x3), attention, MLP; each residual."""
+
+    def __init__(self, genes: StageArch, head_dim: int, ops: Ops, with_qk: bool = True):
+        super().__init__()
+        dim = genes.dim
+        self.cpe = ops.dwconv(dim, 3, bias=True)
+        self.norm1 = ops.layer_norm(dim)
+        self.attn = Attention(dim, dim // head_dim, genes.attn, genes.topk, genes.regions, ops, with_qk)
+        self.norm2 = ops.layer_norm(dim)
+        self.mlp = Mlp(dim, genes.mlp_hidden(), ops)
+
+    def forward(self, x, size, reuse=None, keep=False):  # x: (B, N, C)
+        x = x + map_to_tokens(self.cpe(tokens_to_map(x, size)))
+        attn, state = self.attn(self.norm1(x), size, reuse, keep)
+        x = x + attn
+        return x + self.mlp(self.norm2(x)), state
+
+
+class Cell(nn.Module):
+    """PSViT's cell: `layer` (layer_a), `shared` (layer_b reuses layer_a's attention) or `skip` (identity)."""
+
+    def __init__(self, kind: str, genes: StageArch, head_dim: int, ops: Ops):
+        super().__init__()
+        self.kind = kind
+        self.layer_a = TransformerLayer(genes, head_dim, ops) if kind != "skip" else None
+        self.layer_b = TransformerLayer(genes, head_dim, ops, with_qk=False) if kind == "shared" else None
+
+    def forward(self, x, size):  # (B, N, C) -> (B, N, C)
+        if self.kind == "skip":
+            return x
+        x, state = self.layer_a(x, size, keep=self.kind == "shared")
+        if self.kind == "shared":
+            x, _ = self.layer_b(x, size, reuse=state)
+        return x
+
+
+class Path(nn.Module):
+    """One MPViT path: its patch embedding, then its own stack of cells over the embedded tokens."""
+
+    def __init__(self, c_in: int, stride: int, genes: StageArch, head_dim: int, norm: str, ops: Ops):
+        super().__init__()
+        self.embed = DWSepConv(c_in, genes.dim, stride, norm, ops)
+        self.cells = nn.ModuleList(Cell(kind, genes, head_dim, ops) for kind in genes.cells)
+
+    def forward(self, x):  # (B, C_in, H, W) -> embedding e_j and path output g_j, both (B, C, H', W')
+        e = self.embed(x)
+        size = e.shape[-2:]
+        t = map_to_tokens(e)
+        for cell in self.cells:
+            t = cell(t, size)
+        return e, tokens_to_map(t, size)
+
+
+class LocalConv(nn.Module):
+    """MPViT's local branch on e_1: 1x1 -> DW 3x3 -> 1x1 with norms, plus the residual."""
+
+    def __init__(self, dim: int, norm: str, ops: Ops):
+        super().__init__()
+        self.conv1, self.norm1 = ops.conv(dim, dim, 1), ops.conv_norm(norm, dim)
+        self.dw, self.norm2 = ops.dwconv(dim, 3), ops.conv_norm(norm, dim)
+        self.conv2, self.norm3 = ops.conv(dim, dim, 1), ops.conv_norm(norm, dim)
+        self.act = nn.Hardswish()
+
+    def forward(self, x):  # (B, C, H, W)
+        y = self.act(self.norm1(self.conv1(x)))
+        y = self.act(self.norm2(self.dw(y)))
+        return x + self.norm3(self.conv2(y))
+
+
+class Aggregate(nn.Module):
+    """Global-to-local aggregation: Hardswish(norm(Conv1x1(concat[local, g_1 .. g_P])))."""
+
+    def __init__(self, dim: int, blocks: int, norm: str, ops: Ops):
+        super().__init__()
+        self.conv = ops.concat_conv(dim, blocks, dim)
+        self.norm = ops.conv_norm(norm, dim)
+        self.act = nn.Hardswish()
+
+    def forward(self, maps: list[torch.Tensor]):  # P + 1 maps (B, C, H, W) -> (B, C, H, W)
+        return self.act(self.norm(self.conv(torch.cat(maps, dim=1))))
+
+
+class Stage(nn.Module):
+    """Token pooling + multi-scale embedding, `num_paths` paths, and their aggregation when >= 2."""
+
+    def __init__(self, c_in: int, genes: StageArch, head_dim: int, norm: str, ops: Ops):
+        super().__init__()
+        self.num_paths = genes.paths
+        self.paths = nn.ModuleList(
+            Path(c_in if j == 0 else genes.dim, genes.pool if j == 0 else 1, genes, head_dim, norm, ops)
+            for j in range(genes.paths))
+        multi = genes.paths >= 2
+        self.local = LocalConv(genes.dim, norm, ops) if multi else None
+        self.aggregate = Aggregate(genes.dim, genes.paths + 1, norm, ops) if multi else None
+
+    def forward(self, x):  # (B, C_in, H, W) -> (B, C, H / pool, W / pool)
+        e, outs = x, []
+        for path in self.paths[:self.num_paths]:
+            e, g = path(e)
+            if not outs:
+                e_1 = e
+            outs.append(g)
+        if self.num_paths == 1:
+            return outs[0]
+        return self.aggregate([self.local(e_1), *outs])
+
+
+class Stem(nn.Module):
+    """conv3x3 -> norm -> GELU -> conv3x3 -> norm, total stride = the space's stem_stride."""
+
+    def __init__(self, in_chans: int, dim: int, stem_stride: int, norm: str, ops: Ops):
+        super().__init__()
+        s1, s2 = STEM_STRIDES[stem_stride]
+        self.conv1, self.norm1 = ops.conv(in_chans, dim, 3, s1), ops.conv_norm(norm, dim)
+        self.act = nn.GELU()
+        self.conv2, self.norm2 = ops.conv(dim, dim, 3, s2), ops.conv_norm(norm, dim)
+
+    def forward(self, x):  # (B, 3, H, W) -> (B, C, H / stride, W / stride)
+        return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
+
+
+class Head(nn.Module):
+    """LayerNorm over channels -> global average pool -> Linear."""
+
+    def __init__(self, dim: int, num_classes: int, ops: Ops):
+        super().__init__()
+        self.norm = ops.layer_norm(dim)
+        self.fc = ops.linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x, pre_logits: bool = False):  # (B, C, H, W) -> (B, num_classes)
+        x = self.norm(map_to_tokens(x)).mean(dim=1)
+        return x if pre_logits else self.fc(x)
+
+
+class NasViT(nn.Module):
+    """The network of one arch. Built with `PLAIN_OPS` (default) it is the standalone exported model."""
+
+    def __init__(self, arch: Arch, space: SearchSpace, num_classes: int | None = None, ops: Ops = PLAIN_OPS):
+        super().__init__()
+        self.arch, self.space = arch, space
+        self.num_classes = space.num_classes if num_classes is None else num_classes
+        first = arch.stages[0].dim
+        self.stem = Stem(space.in_chans, first, space.stem_stride, space.conv_norm, ops)
+        stages, c_in = [], first
+        for genes in arch.stages:
+            stages.append(Stage(c_in, genes, space.head_dim, space.conv_norm, ops))
+            c_in = genes.dim
+        self.stages = nn.ModuleList(stages)
+        self.num_features = c_in
+        self.head = Head(c_in, self.num_classes, ops)
+
+    def forward_features(self, x):  # (B, 3, H, W) -> (B, C_4, H_4, W_4)
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def forward_head(self, x, pre_logits: bool = False):
+        return self.head(x, pre_logits)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+
+def resolve_arch(arch: Arch | str | Path, space: SearchSpace | str | None = None) -> tuple[Arch, SearchSpace]:
+    """An arch given as an Arch or a YAML path, validated against its space (or `space`)."""
+    if isinstance(arch, Arch):
+        space = load_space(arch.space) if space is None else space
+        space = load_space(space) if isinstance(space, str) else space
+        return space.validate(arch), space
+    return load_arch(arch, space)
+
+
+@register_model
+def nas_vit(pretrained: bool = False, arch: Arch | str | Path | None = None, space: SearchSpace | str | None = None,
+            num_classes: int | None = None, **kwargs) -> NasViT:
+    """timm entry point: `timm.create_model("nas_vit", arch=PATH_OR_ARCH, num_classes=K)`."""
+    if arch is None:
+        raise ValueError("nas_vit needs arch=: an arch YAML path or an Arch")
+    if pretrained:
+        raise ValueError("nas_vit has no hub weights; load an exported model with pretrained_cfg_overlay="
+                         "dict(file='DIR/model.safetensors') (see the README)")
+    kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None), kwargs.pop("cache_dir", None)
+    if kwargs:
+        raise ValueError(f"nas_vit got unexpected argument(s) {sorted(kwargs)}")
+    arch, space = resolve_arch(arch, space)
+    return NasViT(arch, space, num_classes)
