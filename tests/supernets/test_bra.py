@@ -1,0 +1,122 @@
+"""BRA against a plain implementation written from the definition (loops over tokens and heads)."""
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from supernets.attention import bra, mhsa
+from supernets.nas_vit import Attention
+from supernets.ops import PLAIN_OPS
+
+DIM, HEADS = 8, 2
+
+
+def reference_bra(attn: Attention, x: torch.Tensor, reuse: dict | None = None) -> tuple[torch.Tensor, dict]:
+    """BiFormer's BRA, token by token. x: (B, H, W, C) normed input; returns (B, H, W, C) and the
+    routing / probabilities for a shared second layer."""
+    B, H, W, C = x.shape
+    S, topk, d = attn.regions, attn.topk, C // HEADS
+    Hp, Wp = -(-H // S) * S, -(-W // S) * S
+    xp = torch.zeros(B, Hp, Wp, C)
+    xp[:, :H, :W] = x
+    v = xp @ attn.v.weight.T + attn.v.bias
+    rh, rw = Hp // S, Wp // S
+    region_tokens = [[(i * rh + a, j * rw + b) for a in range(rh) for b in range(rw)]
+                     for i in range(S) for j in range(S)]
+    out = torch.zeros(B, Hp, Wp, C)
+    state = {"route": {}, "probs": {}}
+    for b in range(B):
+        if reuse is None:
+            q = xp[b] @ attn.q.weight.T + attn.q.bias
+            k = xp[b] @ attn.k.weight.T + attn.k.bias
+            q_mean = torch.stack([torch.stack([q[t] for t in tokens]).mean(0) for tokens in region_tokens])
+            k_mean = torch.stack([torch.stack([k[t] for t in tokens]).mean(0) for tokens in region_tokens])
+            adjacency = q_mean @ k_mean.T  # (S^2, S^2)
+        for r, tokens in enumerate(region_tokens):
+            routed = reuse["route"][b, r] if reuse else adjacency[r].topk(topk).indices.tolist()
+            state["route"][b, r] = routed
+            keys = [t for j in routed for t in region_tokens[j]]
+            for t, h in itertools.product(tokens, range(HEADS)):
+                heads = slice(h * d, (h + 1) * d)
+                if reuse:
+                    p = reuse["probs"][b, t, h]
+                else:
+                    scores = torch.stack([q[t][heads] @ k[key][heads] for key in keys]) * d ** -0.5
+                    p = scores.softmax(0)
+                state["probs"][b, t, h] = p
+                out[b, t[0], t[1], heads] = sum(p[i] * v[b, key[0], key[1], heads] for i, key in enumerate(keys))
+    lce = F.conv2d(v.permute(0, 3, 1, 2), attn.lce.weight, attn.lce.bias, padding=2, groups=C).permute(0, 2, 3, 1)
+    out = (out + lce)[:, :H, :W]
+    return out @ attn.proj.weight.T + attn.proj.bias, state
+
+
+def make_attention(topk: int, regions: int, with_qk: bool = True) -> Attention:
+    torch.manual_seed(topk * 10 + regions + with_qk)
+    module = Attention(DIM, HEADS, "bra", topk, regions, PLAIN_OPS, with_qk=with_qk)
+    for p in module.parameters():  # default init gives near-uniform routing; make it decisive
+        torch.nn.init.normal_(p, std=0.5)
+    return module
+
+
+CASES = [  # (H, W, S, topk): divisible and not divisible by S, topk = 1 and topk = S^2
+    (4, 4, 2, 1), (4, 4, 2, 4), (5, 7, 2, 1), (5, 7, 3, 9), (6, 6, 3, 2), (3, 5, 3, 1),
+]
+
+
+@pytest.mark.parametrize("H,W,S,topk", CASES)
+def test_bra_matches_reference(H, W, S, topk):
+    attn = make_attention(topk, S)
+    x = torch.randn(2, H, W, DIM)
+    with torch.no_grad():
+        fast, _ = attn(x.reshape(2, H * W, DIM), (H, W))
+        expected, _ = reference_bra(attn, x)
+    torch.testing.assert_close(fast.reshape(2, H, W, DIM), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("H,W,S,topk", CASES)
+def test_shared_bra_reuses_routing_and_probabilities(H, W, S, topk):
+    first, second = make_attention(topk, S), make_attention(topk, S, with_qk=False)
+    x1, x2 = torch.randn(2, H, W, DIM), torch.randn(2, H, W, DIM)
+    with torch.no_grad():
+        _, state = first(x1.reshape(2, H * W, DIM), (H, W), keep=True)
+        fast, _ = second(x2.reshape(2, H * W, DIM), (H, W), reuse=state)
+        _, ref_state = reference_bra(first, x1)
+        expected, _ = reference_bra(second, x2, reuse=ref_state)
+    torch.testing.assert_close(fast.reshape(2, H, W, DIM), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_kept_probabilities_give_the_same_output_as_the_fused_path():
+    attn = make_attention(2, 3)
+    x = torch.randn(2, 7 * 6, DIM)
+    with torch.no_grad():
+        fused, none = attn(x, (7, 6))
+        kept, state = attn(x, (7, 6), keep=True)
+    assert none is None and state.route.shape == (2, 9, 2)
+    torch.testing.assert_close(fused, kept, atol=1e-5, rtol=1e-5)
+
+
+def test_one_region_top1_is_global_attention_plus_lce():
+    q, k, v = (torch.randn(2, 5, 6, DIM) for _ in range(3))
+    routed, _ = bra(q, k, v, HEADS, topk=1, regions=1)
+    dense, _ = mhsa(q, k, v, HEADS)
+    torch.testing.assert_close(routed, dense, atol=1e-6, rtol=1e-6)
+
+    attn = make_attention(1, 1)  # at the module level the difference is exactly proj(LCE(V))
+    x = torch.randn(2, 5, 6, DIM)
+    with torch.no_grad():
+        out, _ = attn(x.reshape(2, 30, DIM), (5, 6))
+        v = attn.v(x)
+        global_attn, _ = mhsa(attn.q(x), attn.k(x), v, HEADS)
+        lce = attn.lce(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        expected = attn.proj((global_attn + lce).reshape(2, 30, DIM))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_routing_gets_no_gradient_but_attention_does():
+    attn = make_attention(2, 2)
+    x = torch.randn(1, 16, DIM, requires_grad=True)
+    out, _ = attn(x, (4, 4))
+    out.sum().backward()
+    assert attn.q.weight.grad is not None and attn.q.weight.grad.abs().sum() > 0
+    assert torch.isfinite(x.grad).all()
