@@ -156,7 +156,7 @@ def _extreme(space: SearchSpace, metric: int, largest: bool) -> int:
                 for dim in choices.dim:
                     if dim < c_in:
                         continue
-                    inner = _stage_extreme(side_in, c_in, pool, dim, choices, metric, largest)
+                    inner = _stage_extreme(side_in, c_in if s else dim, pool, dim, choices, metric, largest)  # stem width = dim
                     if inner is None:
                         continue
                     total = so_far + inner + (stem_cost(space, dim)[metric] if s == 0 else 0)

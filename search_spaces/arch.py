@@ -38,12 +38,15 @@ class StageArch:
         return int(round(self.dim * self.mlp_ratio))
 
     def canonical(self) -> StageArch:
-        """The same stage with the genes that change nothing set to None."""
+        """The same stage with the genes that change nothing set to None, and cells a tuple, mlp_ratio
+        a float (so equal stages hash equal)."""
+        cells = tuple(self.cells)
         if not self.has_layers:
-            return StageArch(self.pool, self.dim, self.paths, self.cells, None, None, None, None)
+            return StageArch(self.pool, self.dim, self.paths, cells, None, None, None, None)
+        ratio = float(self.mlp_ratio) if isinstance(self.mlp_ratio, int | float) else self.mlp_ratio
         if self.attn == "mhsa":
-            return StageArch(self.pool, self.dim, self.paths, self.cells, "mhsa", None, None, self.mlp_ratio)
-        return self
+            return StageArch(self.pool, self.dim, self.paths, cells, "mhsa", None, None, ratio)
+        return StageArch(self.pool, self.dim, self.paths, cells, self.attn, self.topk, self.regions, ratio)
 
 
 @dataclass(frozen=True)
@@ -66,8 +69,10 @@ class Arch:
 
     @property
     def hash(self) -> str:
-        """Stable hash of the canonical form (unlike Python's hash, the same in every process)."""
-        text = json.dumps(self.canonical().to_dict(), sort_keys=True)
+        """Stable hash of the canonical genes (unlike Python's hash, the same in every process).
+
+        The space reference is left out: one space found by a relative or an absolute path is one space."""
+        text = json.dumps(self.canonical().to_dict()["stages"], sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:

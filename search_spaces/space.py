@@ -137,7 +137,7 @@ class SearchSpace:
     def encode(self, arch: Arch) -> list[int]:
         """Fixed-length genome: the index of every gene in its choices (None -> 0)."""
         genome = []
-        for stage in arch.canonical().stages:
+        for stage in self.validate(arch).stages:
             values = [stage.pool, stage.dim, stage.paths, *stage.cells, stage.attn, stage.topk, stage.regions,
                       stage.mlp_ratio]
             genome.extend(values)
@@ -147,6 +147,9 @@ class SearchSpace:
         """The canonical arch of a genome; it may be outside the space (see `contains`)."""
         if len(genome) != self.genome_length:
             raise ValueError(f"genome has {len(genome)} genes; space {self.name!r} expects {self.genome_length}")
+        for pos, (i, choices) in enumerate(zip(genome, self._gene_choices)):
+            if isinstance(i, bool) or int(i) != i or not 0 <= i < len(choices):
+                raise ValueError(f"genome position {pos} = {i!r}; allowed: an index in 0..{len(choices) - 1}")
         values = [choices[int(i)] for i, choices in zip(genome, self._gene_choices)]
         stages, pos = [], 0
         for choices in self.stages:
@@ -221,7 +224,8 @@ def _cell_configs(choices: StageChoices, side: int) -> int:
 
 
 def _check_gene(where: str, gene: str, value: object, allowed: tuple) -> None:
-    if value not in allowed or isinstance(value, bool):
+    wrong_type = isinstance(value, bool) or (isinstance(allowed[0], int) and not isinstance(value, int))
+    if wrong_type or value not in allowed:
         raise ValueError(f"{where}: gene '{gene}' = {value!r} is not allowed; allowed: {list(allowed)}")
 
 
@@ -235,10 +239,12 @@ def space_from_dict(data: object, ref: str) -> SearchSpace:
         raise ValueError(f"space {ref}: unknown field(s) {sorted(unknown)}; allowed: {sorted(fields)}")
     if missing:
         raise ValueError(f"space {ref}: missing field(s) {sorted(missing)}")
+    if not isinstance(data["name"], str) or not data["name"]:
+        raise ValueError(f"space {ref}: 'name' must be a non-empty string, got {data['name']!r}")
     for key in ("img_size", "num_classes", "head_dim"):
-        if not isinstance(data[key], int) or data[key] < 1:
+        if isinstance(data[key], bool) or not isinstance(data[key], int) or data[key] < 1:
             raise ValueError(f"space {ref}: '{key}' must be a positive integer, got {data[key]!r}")
-    if data["stem_stride"] not in STEM_STRIDES:
+    if isinstance(data["stem_stride"], bool) or data["stem_stride"] not in STEM_STRIDES:
         raise ValueError(f"space {ref}: 'stem_stride' = {data['stem_stride']!r}; allowed: {list(STEM_STRIDES)}")
     conv_norm = data.get("conv_norm", "ln")
     if conv_norm not in CONV_NORMS:
@@ -266,23 +272,31 @@ def _stage_choices(data: object, head_dim: int, where: str) -> StageChoices:
     for gene, allowed in genes.items():
         if gene == "max_cells":
             value = data.get(gene)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{where}: 'max_cells' must be a positive integer, got {value!r}")
             out[gene] = value
             continue
         value = data.get(gene, [1] if gene in ("topk", "regions") else None)
-        if not isinstance(value, list) or not value or len(set(value)) != len(value):
-            raise ValueError(f"{where}: '{gene}' must be a non-empty list of distinct choices, got {value!r}")
+        kind = str if gene in ("cells", "attn") else (int, float) if gene == "mlp_ratio" else int
+        if (not isinstance(value, list) or not value
+                or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value)):
+            raise ValueError(f"{where}: '{gene}' must be a non-empty list of {_kind_name(kind)}, got {value!r}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"{where}: '{gene}' choices must be distinct, got {value!r}")
         if allowed is not None and not set(value) <= set(allowed):
             raise ValueError(f"{where}: '{gene}' = {value}; each choice must be one of {list(allowed)}")
         out[gene] = tuple(float(v) for v in value) if gene == "mlp_ratio" else tuple(value)
     for dim in out["dim"]:
-        if not isinstance(dim, int) or dim <= 0 or dim % head_dim:
+        if dim <= 0 or dim % head_dim:
             raise ValueError(f"{where}: 'dim' choice {dim!r} must be a positive multiple of head_dim {head_dim}")
         for r in out["mlp_ratio"]:
             if r <= 0 or abs(dim * r - round(dim * r)) > 1e-9:
                 raise ValueError(f"{where}: 'mlp_ratio' choice {r} times dim {dim} must be a whole number")
     for gene in ("topk", "regions"):
-        if not all(isinstance(v, int) and v >= 1 for v in out[gene]):
+        if not all(v >= 1 for v in out[gene]):
             raise ValueError(f"{where}: '{gene}' choices must be positive integers, got {list(out[gene])}")
     return StageChoices(**out)
+
+
+def _kind_name(kind) -> str:
+    return {str: "names", int: "integers"}.get(kind, "numbers")
