@@ -7,6 +7,7 @@ as (B, H, W, C) and the state or None. Scale: head_dim ** -0.5.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,7 +20,8 @@ class AttentionState:
     """What the second layer of a `shared` cell reuses: post-softmax probabilities (and BRA's routing)."""
 
     probs: torch.Tensor
-    route: torch.Tensor | None = None
+    route: torch.Tensor | None = None  # (B, S^2, topk) for bra
+    dense: bool = False  # bra: probabilities over all tokens (masked), else over the gathered ones
 
 
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -29,19 +31,25 @@ def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 def mhsa(q, k, v, num_heads: int, *, topk=None, regions=None, reuse: AttentionState | None = None,
          keep: bool = False) -> tuple[torch.Tensor, AttentionState | None]:
-    """Multi-head self-attention over all tokens; fused SDPA unless probabilities are needed."""
+    """Multi-head self-attention over all tokens; fused SDPA unless probabilities are kept or reused."""
     B, H, W, C = v.shape
-    vh = _heads(v, num_heads)
+    q_h, k_h = (None, None) if reuse is not None else (_heads(q, num_heads), _heads(k, num_heads))
+    out, probs = _attend(q_h, k_h, _heads(v, num_heads), reuse, keep)  # (B, heads, N, d)
+    return out.transpose(1, 2).reshape(B, H, W, C), AttentionState(probs) if keep else None
+
+
+def _attend(q, k, v, reuse: AttentionState | None, keep: bool, mask=None):
+    """Fused SDPA, or explicit softmax when the probabilities are kept or reused. q, k, v: (..., m, d)."""
     if reuse is None and not keep:
-        out = F.scaled_dot_product_attention(_heads(q, num_heads), _heads(k, num_heads), vh)
-        return out.transpose(1, 2).reshape(B, H, W, C), None
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
     if reuse is None:
-        qh = _heads(q, num_heads) * (C // num_heads) ** -0.5
-        probs = (qh @ _heads(k, num_heads).transpose(-2, -1)).softmax(dim=-1)  # (B, heads, N, N)
+        scores = q * q.shape[-1] ** -0.5 @ k.transpose(-2, -1)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = scores.softmax(dim=-1)
     else:
         probs = reuse.probs
-    out = probs @ vh  # (B, heads, N, d)
-    return out.transpose(1, 2).reshape(B, H, W, C), AttentionState(probs) if keep else None
+    return probs @ v, probs
 
 
 def _to_regions(x: torch.Tensor, regions: int) -> torch.Tensor:
@@ -56,12 +64,20 @@ def _from_regions(x: torch.Tensor, regions: int, H: int, W: int) -> torch.Tensor
     return x.reshape(B, H, W, C)
 
 
-def route_regions(q: torch.Tensor, k: torch.Tensor, topk: int) -> torch.Tensor:
-    """Top-k routed regions of every region, from the region-level adjacency of mean q and mean k.
+def region_means(x: torch.Tensor, regions: int) -> torch.Tensor:
+    """(B, H, W, C) -> (B, S^2, C). Average pooling of the channels-last map: ~40x faster on CPU than
+    a mean over the strided region axes."""
+    B, H, W, C = x.shape
+    pooled = F.avg_pool2d(x.permute(0, 3, 1, 2), (H // regions, W // regions))  # (B, C, S, S)
+    return pooled.permute(0, 2, 3, 1).reshape(B, -1, C)
 
-    q, k: (B, S^2, n, C). Returns (B, S^2, topk) region indices. Not differentiated (as BiFormer)."""
+
+def route_regions(q: torch.Tensor, k: torch.Tensor, regions: int, topk: int) -> torch.Tensor:
+    """Top-k routed regions of every region, from the adjacency of region-mean q and k.
+
+    q, k: (B, H, W, C) padded maps. Returns (B, S^2, topk) region indices. Not differentiated (as BiFormer)."""
     with torch.no_grad():
-        adjacency = q.mean(dim=2) @ k.mean(dim=2).transpose(-2, -1)  # (B, S^2, S^2)
+        adjacency = region_means(q, regions) @ region_means(k, regions).transpose(-2, -1)  # (B, S^2, S^2)
         return adjacency.topk(topk, dim=-1).indices
 
 
@@ -93,38 +109,75 @@ def _gather_regions(x: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
     return _GatherRows.apply(x.reshape(B * R, n * C), rows).view(B, R, -1, C)
 
 
+_KERNEL = {"bra": "auto"}
+
+
+@contextmanager
+def bra_kernel(name: str):
+    """Force BRA's kernel: "gather" (nominal MACs; what the cost model counts), "dense" or "auto"."""
+    if name not in ("auto", "gather", "dense"):
+        raise ValueError(f"bra kernel {name!r}; choose from ['auto', 'gather', 'dense']")
+    previous, _KERNEL["bra"] = _KERNEL["bra"], name
+    try:
+        yield
+    finally:
+        _KERNEL["bra"] = previous
+
+
+def _use_dense(topk: int, regions: int) -> bool:
+    """Dense masked attention when routing keeps >= 1/4 of the regions: it then does at most 4x the
+    nominal attention MACs, in one large matmul instead of S^2 small ones over topk-fold copied keys."""
+    kernel = _KERNEL["bra"]
+    return kernel == "dense" or (kernel == "auto" and 4 * topk >= regions * regions)
+
+
 def bra(q, k, v, num_heads: int, *, topk: int, regions: int, reuse: AttentionState | None = None,
         keep: bool = False) -> tuple[torch.Tensor, AttentionState | None]:
     """BiFormer's bi-level routing attention on a map padded to a multiple of S = `regions`.
 
     Every query token attends to the tokens of the `topk` regions routed to its region. LCE and the
-    output projection are the caller's (they act on whole maps)."""
+    output projection are the caller's (they act on whole maps). Both kernels give the same output;
+    the second layer of a shared cell uses the first layer's kernel (the choice depends on topk, S)."""
+    if reuse is None:
+        route, dense = route_regions(q, k, regions, topk), _use_dense(topk, regions)
+    else:
+        route, dense = reuse.route, reuse.dense
+    kernel = _dense_routed if dense else _gathered
+    out, probs = kernel(q, k, v, num_heads, route, regions, reuse, keep)
+    return out, AttentionState(probs, route, dense) if keep else None
+
+
+def _gathered(q, k, v, num_heads, route, regions, reuse, keep):
+    """Per region: its n query tokens against the topk * n gathered tokens of its routed regions."""
     B, H, W, C = v.shape
     heads, d = num_heads, C // num_heads
 
     def split_heads(x):  # (B, S^2, m, C) -> (B * S^2, heads, m, d)
         return x.reshape(B * x.shape[1], x.shape[2], heads, d).transpose(1, 2)
 
-    v_r = _to_regions(v, regions)
+    v_g = split_heads(_gather_regions(_to_regions(v, regions), route))  # (B * S^2, heads, topk * n, d)
+    q_h = k_g = None
     if reuse is None:
-        q_r, k_r = _to_regions(q, regions), _to_regions(k, regions)
-        route = route_regions(q_r, k_r, topk)
-    else:
-        route = reuse.route
-    v_g = split_heads(_gather_regions(v_r, route))  # (B * S^2, heads, topk * n, d)
-    if reuse is None and not keep:
-        k_g = split_heads(_gather_regions(k_r, route))
-        out = F.scaled_dot_product_attention(split_heads(q_r), k_g, v_g)  # (B * S^2, heads, n, d)
-        probs = None
-    else:
-        if reuse is None:
-            k_g = split_heads(_gather_regions(k_r, route))
-            probs = (split_heads(q_r) * d ** -0.5 @ k_g.transpose(-2, -1)).softmax(dim=-1)  # (B*S^2, h, n, k*n)
-        else:
-            probs = reuse.probs
-        out = probs @ v_g
+        q_h = split_heads(_to_regions(q, regions))  # (B * S^2, heads, n, d)
+        k_g = split_heads(_gather_regions(_to_regions(k, regions), route))
+    out, probs = _attend(q_h, k_g, v_g, reuse, keep)  # (B * S^2, heads, n, d)
     out = out.transpose(1, 2).reshape(B, regions * regions, -1, C)
-    return _from_regions(out, regions, H, W), AttentionState(probs, route) if keep else None
+    return _from_regions(out, regions, H, W), probs
+
+
+def _dense_routed(q, k, v, num_heads, route, regions, reuse, keep):
+    """All tokens against all tokens, masked to the routed regions: exactly the gathered keys."""
+    B, H, W, C = v.shape
+    R = regions * regions
+    allowed = torch.zeros(B, R, R, dtype=torch.bool, device=v.device).scatter_(2, route, True)  # (B, S^2, S^2)
+    rows = torch.arange(H, device=v.device) // (H // regions)
+    cols = torch.arange(W, device=v.device) // (W // regions)
+    region_of = (rows[:, None] * regions + cols[None, :]).reshape(-1)  # (N,) region of every token
+    mask = allowed[:, region_of][:, :, region_of].unsqueeze(1)  # (B, 1, N, N)
+    q_h = None if reuse is not None else _heads(q, num_heads)
+    k_h = None if reuse is not None else _heads(k, num_heads)
+    out, probs = _attend(q_h, k_h, _heads(v, num_heads), reuse, keep, mask)  # (B, heads, N, d)
+    return out.transpose(1, 2).reshape(B, H, W, C), probs
 
 
 AttentionKernel = Callable[..., tuple[torch.Tensor, AttentionState | None]]

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from supernets.attention import bra, mhsa
+from supernets.attention import bra, bra_kernel, mhsa
 from supernets.nas_vit import Attention
 from supernets.ops import PLAIN_OPS
 
@@ -64,8 +64,15 @@ CASES = [  # (H, W, S, topk): divisible and not divisible by S, topk = 1 and top
 ]
 
 
+@pytest.fixture(params=["gather", "dense"])
+def kernel(request):
+    """Both BRA kernels must compute the definition (the auto choice picks one of them by shape)."""
+    with bra_kernel(request.param):
+        yield request.param
+
+
 @pytest.mark.parametrize("H,W,S,topk", CASES)
-def test_bra_matches_reference(H, W, S, topk):
+def test_bra_matches_reference(H, W, S, topk, kernel):
     attn = make_attention(topk, S)
     x = torch.randn(2, H, W, DIM)
     with torch.no_grad():
@@ -75,7 +82,7 @@ def test_bra_matches_reference(H, W, S, topk):
 
 
 @pytest.mark.parametrize("H,W,S,topk", CASES)
-def test_shared_bra_reuses_routing_and_probabilities(H, W, S, topk):
+def test_shared_bra_reuses_routing_and_probabilities(H, W, S, topk, kernel):
     first, second = make_attention(topk, S), make_attention(topk, S, with_qk=False)
     x1, x2 = torch.randn(2, H, W, DIM), torch.randn(2, H, W, DIM)
     with torch.no_grad():
@@ -86,7 +93,7 @@ def test_shared_bra_reuses_routing_and_probabilities(H, W, S, topk):
     torch.testing.assert_close(fast.reshape(2, H, W, DIM), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_kept_probabilities_give_the_same_output_as_the_fused_path():
+def test_kept_probabilities_give_the_same_output_as_the_fused_path(kernel):
     attn = make_attention(2, 3)
     x = torch.randn(2, 7 * 6, DIM)
     with torch.no_grad():
@@ -111,6 +118,31 @@ def test_one_region_top1_is_global_attention_plus_lce():
         lce = attn.lce(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         expected = attn.proj((global_attn + lce).reshape(2, 30, DIM))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_auto_kernel_is_dense_only_when_routing_keeps_a_quarter_of_the_regions():
+    q, k, v = (torch.randn(1, 4, 4, DIM) for _ in range(3))
+    _, sparse = bra(q, k, v, HEADS, topk=1, regions=4, keep=True)  # 1 of 16 regions
+    _, dense = bra(q, k, v, HEADS, topk=4, regions=4, keep=True)  # 4 of 16
+    assert not sparse.dense and dense.dense
+    with pytest.raises(ValueError, match="bra kernel 'fast'"):
+        with bra_kernel("fast"):
+            pass
+
+
+def test_dense_and_gather_kernels_agree_on_gradients():
+    attn = make_attention(4, 3)
+    x = torch.randn(2, 7 * 8, DIM)
+    grads = []
+    for name in ("gather", "dense"):
+        attn.zero_grad()
+        with bra_kernel(name):
+            out, _ = attn(x, (7, 8))
+        out.square().sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in attn.parameters()]))
+    # k's bias has a zero true gradient (softmax ignores a per-query constant): compare on the overall scale
+    scale = grads[0].abs().max()
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5 * scale, rtol=1e-4)
 
 
 def test_routing_gets_no_gradient_but_attention_does():
