@@ -10,13 +10,9 @@ lru caches cleared (cold) and once more with them filled (warm); the traced coun
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from anywhere
 
 import numpy as np
 import torch
@@ -27,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nas import cost_model
 from search_spaces import Arch, SearchSpace, load_space
+from supernets.attention import bra_kernel
 from supernets.nas_vit import NasViT
 
 TARGET = 5000  # analytic archs per second on one core (DESIGN section 5: tens of thousands a second)
@@ -57,7 +54,7 @@ def time_analytic(archs: list[Arch], space: SearchSpace) -> tuple[float, float]:
 
 def traced_flops(arch: Arch, space: SearchSpace) -> int:
     """Build the model and count one image's forward (FLOPs = 2 x MACs)."""
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), bra_kernel("gather"):  # nominal MACs, as counted
         model = NasViT(arch, space).eval()
         x = torch.randn(1, space.in_chans, space.img_size, space.img_size)
         with FlopCounterMode(display=False) as counter:
@@ -65,30 +62,13 @@ def traced_flops(arch: Arch, space: SearchSpace) -> int:
     return counter.get_total_flops()
 
 
-# ---- TEMPORARY fallback: delete once supernets.attention has the "bra" kernel ---------------------
-def bra_as_mhsa(arch: Arch) -> Arch:
-    """The arch with every `bra` stage turned into `mhsa`: only so that the traced timing can run."""
-    return Arch(arch.space, tuple(dataclasses.replace(s, attn="mhsa", topk=None, regions=None)
-                                  if s.attn == "bra" else s for s in arch.stages))
-# ---- end of the temporary fallback ----------------------------------------------------------------
 
 
-def time_traced(archs: list[Arch], space: SearchSpace) -> tuple[float, list[tuple[Arch, int, bool]]]:
-    """Seconds for all archs, and per arch (the arch traced, its FLOPs, whether bra was mapped to mhsa)."""
-    total, rows = 0.0, []
-    for arch in archs:
-        start = time.perf_counter()
-        try:
-            flops, traced, fell_back = traced_flops(arch, space), arch, False
-        except ValueError:
-            if not any(s.attn == "bra" for s in arch.stages):
-                raise
-            traced, fell_back = bra_as_mhsa(arch), True  # bra kernel missing: time the mhsa stand-in
-            start = time.perf_counter()
-            flops = traced_flops(traced, space)
-        total += time.perf_counter() - start
-        rows.append((traced, flops, fell_back))
-    return total, rows
+def time_traced(archs: list[Arch], space: SearchSpace) -> tuple[float, list[int]]:
+    """Seconds for all archs, and the FLOPs of each."""
+    start = time.perf_counter()
+    flops = [traced_flops(arch, space) for arch in archs]
+    return time.perf_counter() - start, flops
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,9 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     archs = [space.sample(rng) for _ in range(max(args.n, args.traced))]
 
     cold_s, warm_s = time_analytic(archs[:args.n], space)
-    traced_flops(archs[0] if not any(s.attn == "bra" for s in archs[0].stages) else bra_as_mhsa(archs[0]),
-                 space)  # untimed warm-up of torch's one-time costs
-    traced_s, rows = time_traced(archs[:args.traced], space)
+    traced_flops(archs[0], space)  # untimed warm-up of torch's one-time costs
+    traced_s, flops = time_traced(archs[:args.traced], space)
 
     cold_rate, warm_rate, traced_rate = args.n / cold_s, args.n / warm_s, args.traced / traced_s
     table = Table(title=f"cost of an arch, space {space.name}, {pinned}")
@@ -123,21 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     console.print(table)
 
     check = Table(title="analytic MACs vs traced FLOPs / 2")
-    for col in ("arch hash", "bra -> mhsa", "analytic MACs", "traced / 2", "equal"):
+    for col in ("arch hash", "bra stages", "analytic MACs", "traced / 2", "equal"):
         check.add_column(col, justify="right")
     all_equal = True
-    for arch, flops, fell_back in rows:
+    for arch, traced in zip(archs, flops):
         macs = cost_model.arch_cost(arch, space)[0]
-        equal = 2 * macs == flops
+        equal = 2 * macs == traced
         all_equal &= equal
-        half = f"{flops // 2:,}" if flops % 2 == 0 else f"{flops / 2:,.1f}"
-        check.add_row(arch.hash, "yes" if fell_back else "no", f"{macs:,}", half, "yes" if equal else "NO")
+        half = f"{traced // 2:,}" if traced % 2 == 0 else f"{traced / 2:,.1f}"
+        bra_stages = sum(s.attn == "bra" for s in arch.stages)
+        check.add_row(arch.hash, str(bra_stages), f"{macs:,}", half, "yes" if equal else "NO")
     console.print(check)
-
-    if any(fell_back for _, _, fell_back in rows):
-        console.print("[yellow]note:[/] the bra kernel is not available yet: bra stages were traced as mhsa "
-                      "(timing and MACs check on those stand-ins; see bra_as_mhsa)")
-    console.print(f"analytic MACs == traced FLOPs / 2 on all {len(rows)} traced archs: "
+    console.print(f"analytic MACs == traced FLOPs / 2 on all {len(flops)} traced archs: "
                   f"{'yes' if all_equal else 'NO'}")
     met = cold_rate >= TARGET
     console.print(f"ratio analytic / traced archs per second: {cold_rate / traced_rate:,.0f}x cold, "
