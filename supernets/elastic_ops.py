@@ -121,28 +121,8 @@ class ElasticConcatConv(Elastic, nn.Conv2d):
         return F.conv2d(x, self.active_weights()["weight"])
 
 
-class ElasticLayerNorm(Elastic, nn.LayerNorm):
-    def __init__(self, max_dim: int):
-        super().__init__(max_dim)
-        self.active = max_dim
-
-    def set_active(self, dim: int) -> None:
-        self.active = dim
-
-    def active_weights(self):
-        return {"weight": self.weight[:self.active], "bias": self.bias[:self.active]}
-
-    def plain(self):
-        return PLAIN_OPS.layer_norm(self.active)
-
-    def forward(self, x):
-        return F.layer_norm(x, (self.active,), self.weight[:self.active], self.bias[:self.active], self.eps)
-
-
-class ElasticLayerNorm2d(Elastic, LayerNorm2d):
-    def __init__(self, max_channels: int):
-        super().__init__(max_channels)
-        self.active = max_channels
+class _ElasticNorm(Elastic):
+    """A norm over the leading `active` channels of its affine weight and bias."""
 
     def set_active(self, channels: int) -> None:
         self.active = channels
@@ -150,28 +130,40 @@ class ElasticLayerNorm2d(Elastic, LayerNorm2d):
     def active_weights(self):
         return {"weight": self.weight[:self.active], "bias": self.bias[:self.active]}
 
+
+class ElasticLayerNorm(_ElasticNorm, nn.LayerNorm):
+    def __init__(self, max_dim: int, eps: float = 1e-5):
+        super().__init__(max_dim, eps=eps)
+        self.active = max_dim
+
+    def plain(self):
+        return PLAIN_OPS.layer_norm(self.active)
+
+    def forward(self, x):  # (..., C)
+        return F.layer_norm(x, (self.active,), eps=self.eps, **self.active_weights())
+
+
+class ElasticLayerNorm2d(ElasticLayerNorm):
+    def __init__(self, max_channels: int):
+        super().__init__(max_channels, eps=LayerNorm2d(1).eps)  # the plain twin's eps
+
     def plain(self):
         return PLAIN_OPS.conv_norm("ln", self.active)
 
     def forward(self, x):  # (B, C, H, W), normalised over C
-        x = F.layer_norm(x.permute(0, 2, 3, 1), (self.active,), self.weight[:self.active], self.bias[:self.active],
-                         self.eps)
-        return x.permute(0, 3, 1, 2)
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
-class ElasticBatchNorm2d(Elastic, nn.BatchNorm2d):
+class ElasticBatchNorm2d(_ElasticNorm, nn.BatchNorm2d):
     """Running statistics are sliced views, so training updates only the active channels' entries."""
 
     def __init__(self, max_channels: int):
         super().__init__(max_channels)
         self.active = max_channels
 
-    def set_active(self, channels: int) -> None:
-        self.active = channels
-
     def active_weights(self):
         c = self.active
-        return {"weight": self.weight[:c], "bias": self.bias[:c], "running_mean": self.running_mean[:c],
+        return {**super().active_weights(), "running_mean": self.running_mean[:c],
                 "running_var": self.running_var[:c], "num_batches_tracked": self.num_batches_tracked}
 
     def plain(self):
