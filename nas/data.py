@@ -1,0 +1,435 @@
+"""The data sources of `nas train-supernet`, `nas evolve` and `nas eval` (DESIGN section 7).
+
+`parse_data` turns the `--data` option into a `DataSource` (and checks its path), `load_datasets` builds the
+train and val datasets with the number of classes and a batch-level train augmentation, `holdout_split` takes a
+fixed held-out part of a train set (evolution's fitness), and `make_loader` makes a loader whose order depends only
+on (seed, epoch), sharded across ranks and able to skip the batches a resumed run has already seen.
+
+Sources:
+
+- `digits` (the default, bundled with scikit-learn, no download): 1797 grey 8x8 digits, 10 classes, a fixed
+  stratified split of 1437 train / 360 val items (20 % val, seed 0, whatever the run's seed). Upsampled to
+  img_size (bilinear), replicated to 3 channels, normalised with the mean and std of the train split's pixels.
+  Train augmentation: random translation by up to img_size/8 pixels (no flips: digits are not symmetric).
+- `cifar10:PATH`, `cifar100:PATH`: the python pickle batches, resized to img_size if it is not 32 (bilinear),
+  normalised with the usual CIFAR mean and std. Train augmentation: random crop with 4 pixels of padding (scaled to
+  img_size) and horizontal flip.
+- `imagefolder:PATH`: an ImageNet-layout tree PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg, read by timm's
+  ImageDataset with timm's transforms (DeiT's recipe: RandAugment, bicubic, random erasing; mixup and cutmix are
+  the training loop's). The augmentation happens in the dataset, so `Datasets.augment` is None.
+- `synthetic`: uniform random images with random labels, for benchmarks only.
+
+The in-memory sources (digits, CIFAR, synthetic) keep uint8 images at their native size and convert a batch at a
+time (`TensorImages`): CIFAR-10 takes 150 MB at any img_size. Their train augmentation is a function of the batch and
+an explicit `torch.Generator`, which the training loop seeds per step, so a resumed run is bit-identical to an
+uninterrupted one. Nothing here touches the global RNG state.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+KINDS = ("digits", "synthetic", "imagefolder", "cifar10", "cifar100")
+FORMS = "digits, synthetic, imagefolder:PATH, cifar10:PATH, cifar100:PATH"
+
+DATA_HELP = (
+    "the data: 'digits' (default: scikit-learn's bundled 8x8 handwritten digits, upsampled to the space's image "
+    "size; 1437 train / 360 val images, 10 classes, no download), 'cifar10:PATH' or 'cifar100:PATH' (the python "
+    "pickle batches: PATH is the extracted 'cifar-10-batches-py' / 'cifar-100-python' folder or its parent), "
+    "'imagefolder:PATH' (ImageNet layout: PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg, read with timm's "
+    "DeiT-style transforms), or 'synthetic' (random images and labels, for benchmarks only: nothing to learn)"
+)
+
+DIGITS_VAL_FRACTION = 0.2
+DIGITS_SPLIT_SEED = 0  # the split is fixed: the same for every run and test, whatever the run's seed
+
+# The usual per-channel statistics of the train sets, for pixels in [0, 1].
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+CIFAR_LAYOUT = {  # kind: (folder name, train files, test file, label key, number of classes, expected)
+    "cifar10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch", b"labels", 10,
+                "the python batches data_batch_1..5 and test_batch (the 'cifar-10-batches-py' folder)"),
+    "cifar100": ("cifar-100-python", ("train",), "test", b"fine_labels", 100,
+                 "the python batches train and test (the 'cifar-100-python' folder)"),
+}
+IMAGENET_TRAIN_AUGMENT = dict(auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic", re_prob=0.25,
+                              re_mode="pixel")
+IMAGENET_VAL_CROP_PCT = 0.875
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A parsed `--data` value: the kind of source and, for the on-disk ones, the path as given."""
+    kind: str  # "digits" | "synthetic" | "imagefolder" | "cifar10" | "cifar100"
+    path: Path | None = None
+
+    def __str__(self) -> str:  # the --data value that gives this source
+        return self.kind if self.path is None else f"{self.kind}:{self.path}"
+
+
+@dataclass
+class Datasets:
+    """The train and val sets of a source, its number of classes, and its batch-level train augmentation.
+
+    `augment(batch, generator)` takes the (B, 3, H, W) float train batch (on any device) and a torch.Generator (the
+    random draws are made on the generator's device) and returns the augmented batch; None when the dataset's own
+    transforms augment (imagefolder) or there is nothing to augment (synthetic).
+    """
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None
+
+
+# ---------------------------------------------------------------------------------------------------- parsing
+
+def parse_data(text: str) -> DataSource:
+    """Parse a `--data` value ("digits", "synthetic", "imagefolder:PATH", "cifar10:PATH", "cifar100:PATH") and
+    check that PATH holds what its kind expects; ValueError naming the value, the path and what was expected."""
+    kind, sep, path = text.partition(":")
+    if kind not in KINDS or (kind in ("digits", "synthetic")) == bool(sep):
+        raise ValueError(f"--data {text!r}: expected one of {FORMS}")
+    if not sep:
+        return DataSource(kind)
+    if not path:
+        raise ValueError(f"--data {text!r}: expected a path after '{kind}:'")
+    source = DataSource(kind, Path(path).expanduser())
+    _check_path(source)
+    return source
+
+
+def _fail(source: DataSource, message: str) -> ValueError:
+    return ValueError(f"--data '{source}': {message}")
+
+
+def _check_path(source: DataSource) -> Path:
+    """The folder that holds the source's files (for CIFAR, PATH or PATH/<batches folder>); ValueError if none."""
+    path = source.path
+    if path is None:
+        raise _fail(source, "expected a path")
+    if source.kind == "imagefolder":
+        expected = f"expected class folders under {path / 'train'} and {path / 'val'}"
+        if not path.is_dir():
+            raise _fail(source, f"no such folder {path}; {expected}")
+        for split in ("train", "val"):
+            if not _class_folders(path / split):
+                raise _fail(source, f"{path / split} has no class folders; {expected}")
+        return path
+    folder_name, train_files, test_file, *_, expected = CIFAR_LAYOUT[source.kind]
+    names = (*train_files, test_file)
+    if not path.is_dir():
+        raise _fail(source, f"no such folder {path}; expected {expected}, or its parent")
+    for folder in (path, path / folder_name):
+        present = [name for name in names if (folder / name).is_file()]
+        if len(present) == len(names):
+            return folder
+        if present:
+            missing = ", ".join(name for name in names if name not in present)
+            raise _fail(source, f"{folder} lacks {missing}; expected {expected}")
+    raise _fail(source, f"expected {expected} at {path} or {path / folder_name}")
+
+
+def _class_folders(folder: Path) -> list[str]:
+    """The names of the sub-folders of `folder` (its classes), sorted; [] if it is not a folder."""
+    if not folder.is_dir():
+        return []
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir() and not entry.name.startswith("."))
+
+
+# ---------------------------------------------------------------------------------------------------- datasets
+
+class TensorImages(Dataset):
+    """In-memory uint8 images (N, C, h, w), C = 1 or 3, served as normalised float (3, S, S) images with int64 labels.
+
+    An item is `((images[i] * scale) resized to S x S (bilinear), replicated to 3 channels, - mean) / std`. A loader
+    fetches a whole batch at once (`__getitems__`), so the resize and normalisation are vectorised over the batch.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, img_size: int, mean: tuple[float, ...],
+                 std: tuple[float, ...], scale: float):
+        assert images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] in (1, 3), images.shape
+        assert labels.shape == (len(images),), (labels.shape, images.shape)
+        self.images = images  # (N, C, h, w) uint8
+        self.labels = labels.long()  # (N,)
+        self.img_size = img_size
+        self.scale = scale
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)  # (1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def convert(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) uint8 -> (B, 3, S, S) normalised float."""
+        x = images.float() * self.scale
+        size = self.img_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=size < min(x.shape[-2:]))
+        x = x.expand(-1, 3, -1, -1)
+        return (x - self.mean) / self.std
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = int(index)
+        return self.convert(self.images[index].unsqueeze(0))[0], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return list(zip(self.convert(self.images[index]), self.labels[index]))
+
+    def fill(self) -> tuple[float, ...]:
+        """The normalised value of a black pixel per channel (the padding of the train augmentation)."""
+        return tuple(float(v) for v in (-self.mean / self.std).flatten().expand(3))
+
+
+@dataclass(frozen=True)
+class RandomShift:
+    """Batch augmentation of (B, C, H, W) float images: each image is padded by `pad` pixels of `fill` and cropped back
+    to H x W at a random offset (a translation by up to `pad` pixels), then, with `flip`, mirrored left-right with
+    probability 1/2. Draws, in this order, the row offsets, the column offsets and the flips from the generator
+    (on its device), so that the result depends only on the batch and the generator's state."""
+    pad: int
+    fill: tuple[float, ...]  # per channel
+    flip: bool
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        b, c, h, w = x.shape
+        p, dev = self.pad, generator.device
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=dev).to(x.device)  # (B,)
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=dev).to(x.device)
+        padded = torch.tensor(self.fill, dtype=x.dtype, device=x.device).view(1, c, 1, 1).repeat(b, 1, h + 2 * p,
+                                                                                                  w + 2 * p)
+        padded[:, :, p:p + h, p:p + w] = x  # (B, C, H + 2p, W + 2p)
+        rows = dy[:, None] + torch.arange(h, device=x.device)  # (B, H)
+        cols = dx[:, None] + torch.arange(w, device=x.device)  # (B, W)
+        out = padded[torch.arange(b, device=x.device)[:, None, None, None],
+                     torch.arange(c, device=x.device)[None, :, None, None],
+                     rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
+        if self.flip:
+            flips = (torch.rand(b, generator=generator, device=dev) < 0.5).to(x.device)  # (B,)
+            out = torch.where(flips[:, None, None, None], out.flip(-1), out)
+        return out
+
+
+def load_datasets(source: DataSource, img_size: int, *, synthetic_size: tuple[int, int] = (2048, 512),
+                  num_classes: int = 10, seed: int = 0) -> Datasets:
+    """The train and val sets of `source` at img_size x img_size. `synthetic_size` (train, val items),
+    `num_classes` and `seed` apply to the synthetic source only (the digits split is fixed; CIFAR and imagefolder
+    have their own classes). ValueError for a bad path or unreadable files."""
+    if source.kind not in KINDS:
+        raise ValueError(f"--data {str(source)!r}: expected one of {FORMS}")
+    if not isinstance(img_size, int) or img_size < 1:
+        raise ValueError(f"img_size {img_size!r}: expected a positive int")
+    if source.kind == "digits":
+        return _load_digits(img_size)
+    if source.kind == "synthetic":
+        return _load_synthetic(img_size, synthetic_size, num_classes, seed)
+    folder = _check_path(source)
+    if source.kind == "imagefolder":
+        return _load_imagefolder(source, folder, img_size)
+    return _load_cifar(source, folder, img_size)
+
+
+def _shift_augment(dataset: TensorImages, img_size: int, flip: bool) -> RandomShift:
+    return RandomShift(pad=max(1, round(img_size / 8)), fill=dataset.fill(), flip=flip)
+
+
+def _load_digits(img_size: int) -> Datasets:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images.astype(np.uint8)).unsqueeze(1)  # (1797, 1, 8, 8), values 0..16
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=DIGITS_VAL_FRACTION,
+                                          stratify=digits.target, random_state=DIGITS_SPLIT_SEED)
+    train_idx, val_idx = torch.from_numpy(np.sort(train_idx)), torch.from_numpy(np.sort(val_idx))
+    pixels = images[train_idx].double() / 16
+    mean, std = (pixels.mean().item(),) * 3, (pixels.std().item(),) * 3  # about 0.305 and 0.376
+    train, val = (TensorImages(images[i], labels[i], img_size, mean, std, scale=1 / 16) for i in (train_idx, val_idx))
+    return Datasets(train, val, 10, _shift_augment(train, img_size, flip=False))
+
+
+def _load_synthetic(img_size: int, size: tuple[int, int], num_classes: int, seed: int) -> Datasets:
+    n_train, n_val = size
+    if n_train < 1 or n_val < 1:
+        raise ValueError(f"synthetic_size {size!r}: expected two positive sizes (train, val)")
+    if num_classes < 1:
+        raise ValueError(f"num_classes {num_classes!r}: expected a positive int")
+    generator = torch.Generator().manual_seed(seed)
+    sets = []
+    for n in (n_train, n_val):
+        images = torch.randint(0, 256, (n, 3, img_size, img_size), dtype=torch.uint8, generator=generator)
+        labels = torch.randint(0, num_classes, (n,), generator=generator)
+        sets.append(TensorImages(images, labels, img_size, (0.5,) * 3, (0.5,) * 3, scale=1 / 255))
+    return Datasets(sets[0], sets[1], num_classes, None)
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR batch (a dict of bytes, lists and numpy arrays) and refuses every other global, so that a
+    hostile file cannot run code."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               *((f"numpy.{core}.multiarray", name) for core in ("core", "_core")
+                 for name in ("_reconstruct", "scalar")),
+               *((f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core"))}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refers to {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_cifar_batch(source: DataSource, file: Path, label_key: bytes, num_classes: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, 32, 32) uint8 images and (N,) labels of one pickle batch; ValueError if it is not a CIFAR batch."""
+    expected = f"expected a CIFAR batch: a pickled dict with b'data' (N, 3072) uint8 and b{label_key.decode()!r}"
+    try:
+        with open(file, "rb") as f:
+            batch = _BatchUnpickler(f, encoding="bytes").load()
+    except OSError as exc:
+        raise _fail(source, f"cannot read {file}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # a corrupt pickle raises about any exception type
+        raise _fail(source, f"cannot unpickle {file} ({type(exc).__name__}: {exc}); {expected}") from exc
+    if not isinstance(batch, dict) or b"data" not in batch or label_key not in batch:
+        raise _fail(source, f"{file} lacks b'data' or b{label_key.decode()!r}; {expected}")
+    data, labels = batch[b"data"], batch[label_key]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise _fail(source, f"{file}: b'data' is {found}; {expected}")
+    try:
+        labels = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError) as exc:
+        raise _fail(source, f"{file}: b{label_key.decode()!r} is not a list of ints; {expected}") from exc
+    if labels.shape != (len(data),) or (len(labels) and (labels.min() < 0 or labels.max() >= num_classes)):
+        raise _fail(source, f"{file}: b{label_key.decode()!r} is not {len(data)} labels in [0, {num_classes}); "
+                            f"{expected}")
+    images = torch.from_numpy(np.ascontiguousarray(data)).view(-1, 3, 32, 32)  # rows are R, G, B planes
+    return images, torch.from_numpy(labels)
+
+
+def _load_cifar(source: DataSource, folder: Path, img_size: int) -> Datasets:
+    _, train_files, test_file, label_key, num_classes, _ = CIFAR_LAYOUT[source.kind]
+    mean, std = CIFAR_STATS[source.kind]
+    sets = []
+    for names in (train_files, (test_file,)):
+        parts = [_read_cifar_batch(source, folder / name, label_key, num_classes) for name in names]
+        images, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        sets.append(TensorImages(images, labels, img_size, mean, std, scale=1 / 255))
+    return Datasets(sets[0], sets[1], num_classes, _shift_augment(sets[0], img_size, flip=True))
+
+
+def _load_imagefolder(source: DataSource, path: Path, img_size: int) -> Datasets:
+    from timm.data import ImageDataset, create_transform
+
+    train_root, val_root = path / "train", path / "val"
+    try:
+        train = ImageDataset(str(train_root), transform=create_transform(img_size, is_training=True,
+                                                                         **IMAGENET_TRAIN_AUGMENT))
+    except RuntimeError as exc:  # timm: "Found 0 images in subfolders of ..."
+        raise _fail(source, f"no images under the class folders of {train_root}; expected "
+                            f"{train_root}/<class>/*.jpg (or .png, ...)") from exc
+    class_to_idx = train.reader.class_to_idx  # sorted class names -> 0..K-1
+    unknown = [name for name in _class_folders(val_root) if name not in class_to_idx]
+    if unknown:
+        raise _fail(source, f"val classes {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} have no "
+                            f"images under {train_root}; expected the val class folders to be train's")
+    try:
+        val = ImageDataset(str(val_root), class_map=dict(class_to_idx),
+                           transform=create_transform(img_size, is_training=False, crop_pct=IMAGENET_VAL_CROP_PCT))
+    except RuntimeError as exc:
+        raise _fail(source, f"no images under the class folders of {val_root}; expected "
+                            f"{val_root}/<class>/*.jpg (or .png, ...)") from exc
+    return Datasets(train, val, len(class_to_idx), None)
+
+
+# ---------------------------------------------------------------------------------------------------- splits
+
+def holdout_split(dataset: Dataset, size: int, seed: int = 0) -> tuple[Subset, Subset]:
+    """(rest, held_out): a fixed split of `dataset` (a train set) with `size` items held out, chosen by a
+    torch.Generator seeded with `seed`; both keep the dataset's order. ValueError unless 1 <= size < len(dataset)."""
+    n = len(dataset)
+    if not isinstance(size, int) or not 1 <= size < n:
+        raise ValueError(f"held-out size {size!r}: expected an int in [1, {n - 1}] for a train set of {n} items")
+    held = torch.zeros(n, dtype=torch.bool)
+    held[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]] = True
+    return Subset(dataset, (~held).nonzero().flatten().tolist()), Subset(dataset, held.nonzero().flatten().tolist())
+
+
+# ---------------------------------------------------------------------------------------------------- loaders
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """The index batches of one rank.
+
+    train: a permutation of the dataset that depends only on (seed, epoch) (torch.randperm with a generator seeded
+    with seed * 1000003 + epoch), cut into global batches of world_size * batch_size items (the last, partial one
+    dropped); rank r takes items [r * batch_size, (r + 1) * batch_size) of each global batch.
+    val: the dataset in order, cut into world_size contiguous near-equal shares (no padding, no duplicates), rank r
+    takes share r in batches of batch_size (the last one may be short; ranks may differ by one item and one batch).
+    The first `skip_batches` batches are skipped without being loaded.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, train: bool, seed: int, epoch: int, rank: int, world_size: int,
+                 skip_batches: int):
+        self.n, self.batch_size, self.train = n, batch_size, train
+        self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
+        self.skip_batches = skip_batches
+
+    def batches(self) -> list[list[int]]:
+        """Every batch of this rank, before skipping."""
+        b = self.batch_size
+        if self.train:
+            n_global = self.n // (self.world_size * b)
+            generator = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+            order = torch.randperm(self.n, generator=generator)[:n_global * self.world_size * b]
+            return order.view(n_global, self.world_size, b)[:, self.rank].tolist()  # (n_global, b)
+        lo, hi = self.rank * self.n // self.world_size, (self.rank + 1) * self.n // self.world_size
+        return [list(range(start, min(start + b, hi))) for start in range(lo, hi, b)]
+
+    def __iter__(self):
+        return iter(self.batches()[self.skip_batches:])
+
+    def __len__(self) -> int:
+        if self.train:
+            total = self.n // (self.world_size * self.batch_size)
+        else:
+            share = (self.rank + 1) * self.n // self.world_size - self.rank * self.n // self.world_size
+            total = -(-share // self.batch_size)
+        return max(0, total - self.skip_batches)
+
+
+def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0, epoch: int = 0, rank: int = 0,
+                world_size: int = 1, workers: int = 0, skip_batches: int = 0) -> DataLoader:
+    """A loader of this rank's batches of `dataset` (see ShardedBatchSampler): train: shuffled by (seed, epoch),
+    drop_last, disjoint shares of each global batch of world_size * batch_size items; val: in order, sharded without
+    duplicates. `skip_batches` skips that many batches at the start (to resume mid-epoch). With workers > 0 the
+    workers' seeds (hence the random transforms of an imagefolder dataset) derive from (seed, epoch) too."""
+    for name, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1), ("seed", seed, 0),
+                             ("epoch", epoch, 0), ("workers", workers, 0), ("skip_batches", skip_batches, 0)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} {value!r}: expected an int >= {low}")
+    if not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank!r}: expected an int in [0, {world_size - 1}] for world_size {world_size}")
+    n = len(dataset)
+    sampler = ShardedBatchSampler(n, batch_size, train=train, seed=seed, epoch=epoch, rank=rank,
+                                  world_size=world_size, skip_batches=0)
+    total = len(sampler)
+    if train and total == 0:
+        raise ValueError(f"batch_size {batch_size}: a train set of {n} items has no full global batch of "
+                         f"world_size * batch_size = {world_size * batch_size} items")
+    if skip_batches > total:
+        raise ValueError(f"skip_batches {skip_batches}: expected at most the {total} batches of this epoch")
+    sampler.skip_batches = skip_batches
+    # The loader's generator seeds the workers (and is drawn from even without workers): never the global RNG.
+    generator = torch.Generator().manual_seed(seed * 1000003 + epoch)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, generator=generator,
+                      pin_memory=torch.cuda.is_available())
