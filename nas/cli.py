@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Registering a new command = adding its module name here (in the order `nas --help` lists them).
-COMMANDS = ("space", "sample", "flops")
+COMMANDS = ("space", "sample", "flops", "train-supernet")
 
 
 class Parser(argparse.ArgumentParser):
@@ -30,7 +30,7 @@ def build_parser() -> Parser:
                     epilog="Run 'nas COMMAND --help' for the options and an example of each command.")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        command = importlib.import_module(f"nas.commands.{name}").add_parser(subparsers)
+        command = importlib.import_module(f"nas.commands.{name.replace('-', '_')}").add_parser(subparsers)
         command.set_defaults(prog=command.prog)  # names the command in its error lines
     return parser
 
@@ -42,12 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help and usage errors: return the status instead of exiting the caller
         return exc.code
     try:
-        args.func(args)
+        status = args.func(args)
     except OSError as exc:
         return _fail(args.prog, f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except ValueError as exc:
         return _fail(args.prog, str(exc))
-    return 0
+    return status or 0
 
 
 def _fail(prog: str, message: str) -> int:

@@ -141,50 +141,70 @@ def _totals(arch: Arch, space: SearchSpace, num_classes: int, parts: list | None
 
 def space_cost_range(space: SearchSpace) -> dict[str, int]:
     """Exact min/max MACs and params over all archs of the space (dynamic programming over stages)."""
-    return {f"{bound}_{metric}": _extreme(space, index, bound == "max")
+    return {f"{bound}_{metric}": _extreme(space, index, bound == "max")[0]
             for metric, index in (("macs", 0), ("params", 1)) for bound in ("min", "max")}
 
 
-def _extreme(space: SearchSpace, metric: int, largest: bool) -> int:
-    pick = max if largest else min
-    best = {(space.stem_output(), 0): 0}  # (token map side, dim) after a stage -> best cost so far
+def extreme_arch(space: SearchSpace, largest: bool, metric: str = "macs") -> Arch:
+    """The arch of the space with the most (or fewest) MACs or params; ties go to the first found."""
+    return _extreme(space, {"macs": 0, "params": 1}[metric], largest)[1]
+
+
+def _extreme(space: SearchSpace, metric: int, largest: bool) -> tuple[int, Arch]:
+    better = (lambda a, b: a > b) if largest else (lambda a, b: a < b)
+    # (token map side, dim) after a stage -> (best cost so far, the stages that reach it)
+    best: dict[tuple[int, int], tuple[int, tuple[StageArch, ...]]] = {(space.stem_output(), 0): (0, ())}
     for s, choices in enumerate(space.stages):
-        nxt: dict[tuple[int, int], int] = {}
-        for (side_in, c_in), so_far in best.items():
+        nxt: dict[tuple[int, int], tuple[int, tuple[StageArch, ...]]] = {}
+        for (side_in, c_in), (so_far, stages) in best.items():
             for pool in choices.pool:
                 side = conv_out(side_in, pool)
                 for dim in choices.dim:
                     if dim < c_in:
                         continue
-                    inner = _stage_extreme(side_in, c_in if s else dim, pool, dim, choices, metric, largest)  # stem width = dim
-                    if inner is None:
+                    found = _stage_extreme(side_in, c_in if s else dim, pool, dim, choices, metric, largest)
+                    if found is None:
                         continue
-                    total = so_far + inner + (stem_cost(space, dim)[metric] if s == 0 else 0)
+                    total = so_far + found[0] + (stem_cost(space, dim)[metric] if s == 0 else 0)
                     key = (side, dim)
-                    nxt[key] = total if key not in nxt else pick(nxt[key], total)
+                    if key not in nxt or better(total, nxt[key][0]):
+                        nxt[key] = (total, stages + (found[1],))
         best = nxt
-    return pick(total + head_cost(dim, space.num_classes)[metric] for (_, dim), total in best.items())
+    totals = [(total + head_cost(stages[-1].dim, space.num_classes)[metric], stages)
+              for total, stages in best.values()]
+    value, stages = totals[0]
+    for total, candidate in totals[1:]:
+        if better(total, value):
+            value, stages = total, candidate
+    return value, Arch(space.ref or space.name, stages).canonical()
 
 
 def _stage_extreme(side_in: int, c_in: int, pool: int, dim: int, choices: StageChoices, metric: int,
-                   largest: bool) -> int | None:
-    """Best cost of one stage over paths, cells, attention genes and mlp_ratio, for fixed pool and dim.
-
-    Cells are independent given the other genes, so each position takes its own best kind."""
-    pick = max if largest else min
+                   largest: bool) -> tuple[int, StageArch] | None:
+    """Best cost of one stage over paths, cells, attention genes and mlp_ratio, for fixed pool and dim,
+    and the stage that has it. Cells are independent given the other genes: each takes its best kind."""
+    better = (lambda a, b: a > b) if largest else (lambda a, b: a < b)
     side = conv_out(side_in, pool)
     attn_genes = [("mhsa", None, None)] if "mhsa" in choices.attn else []
     if "bra" in choices.attn:
         attn_genes += [("bra", k, s) for s in choices.regions for k in choices.topk if s <= side and k <= s * s]
-    candidates = []
+    found = None
     for paths in choices.paths:
-        fixed = [_embed_cost(side, c_in if j == 0 else dim, dim)[metric] for j in range(paths)]
-        fixed_total = sum(fixed) + _aggregation_cost(side, dim, paths)[metric]
-        if "skip" in choices.cells:
-            candidates.append(fixed_total)  # all cells skip: the other genes change nothing
+        fixed = sum(_embed_cost(side, c_in if j == 0 else dim, dim)[metric] for j in range(paths))
+        fixed += _aggregation_cost(side, dim, paths)[metric]
+        candidates = []
+        if "skip" in choices.cells:  # all cells skip: the other genes change nothing
+            candidates.append((fixed, StageArch(pool, dim, paths, ("skip",) * choices.max_cells, None, None, None,
+                                                None)))
         for attn, topk, regions in attn_genes:
             for ratio in choices.mlp_ratio:
                 genes = StageArch(pool, dim, paths, (), attn, topk, regions, ratio)
-                kinds = [cell_cost(kind, side, genes)[metric] for kind in choices.cells]
-                candidates.append(fixed_total + paths * choices.max_cells * pick(kinds))
-    return pick(candidates) if candidates else None
+                costs = {kind: cell_cost(kind, side, genes)[metric] for kind in choices.cells}
+                kind = (max if largest else min)(costs, key=costs.get)
+                candidates.append((fixed + paths * choices.max_cells * costs[kind],
+                                   StageArch(pool, dim, paths, (kind,) * choices.max_cells, attn, topk, regions,
+                                             ratio)))
+        for candidate in candidates:
+            if found is None or better(candidate[0], found[0]):
+                found = candidate
+    return found

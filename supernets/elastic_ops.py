@@ -15,10 +15,17 @@ from supernets.ops import PLAIN_OPS, Ops
 
 
 class Elastic:
-    """Mixin of every elastic op: the plain twin of the active slice, and the copy into it."""
+    """Mixin of every elastic op: the active slice of its tensors, their plain twin, and the copy into it.
+
+    `active_view(name, t)` slices any tensor shaped like the parameter or buffer `name` (the weight
+    itself, its gradient, optimizer state) to the active part, as a view."""
+
+    def active_view(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def active_weights(self) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        tensors = [*self.named_parameters(recurse=False), *self.named_buffers(recurse=False)]
+        return {name: self.active_view(name, t) for name, t in tensors}
 
     def plain(self) -> nn.Module:
         raise NotImplementedError
@@ -29,10 +36,8 @@ class Elastic:
         return module
 
 
-def _with_bias(weights: dict, bias: torch.Tensor | None, n: int) -> dict:
-    if bias is not None:
-        weights["bias"] = bias[:n]
-    return weights
+def _leading(tensor: torch.Tensor, *sizes: int) -> torch.Tensor:
+    return tensor[tuple(slice(0, n) for n in sizes)]
 
 
 class ElasticLinear(Elastic, nn.Linear):
@@ -43,15 +48,15 @@ class ElasticLinear(Elastic, nn.Linear):
     def set_active(self, in_features: int, out_features: int) -> None:
         self.active_in, self.active_out = in_features, out_features
 
-    def active_weights(self):
-        return _with_bias({"weight": self.weight[:self.active_out, :self.active_in]}, self.bias, self.active_out)
+    def active_view(self, name, tensor):
+        return _leading(tensor, self.active_out, self.active_in) if name == "weight" else tensor[:self.active_out]
 
     def plain(self):
         return PLAIN_OPS.linear(self.active_in, self.active_out, self.bias is not None)
 
     def forward(self, x):
-        w = self.active_weights()
-        return F.linear(x, w["weight"], w.get("bias"))
+        bias = None if self.bias is None else self.bias[:self.active_out]
+        return F.linear(x, self.weight[:self.active_out, :self.active_in], bias)
 
 
 class ElasticConv2d(Elastic, nn.Conv2d):
@@ -62,16 +67,16 @@ class ElasticConv2d(Elastic, nn.Conv2d):
     def set_active(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         self.active_in, self.active_out, self.stride = in_channels, out_channels, (stride, stride)
 
-    def active_weights(self):
-        return _with_bias({"weight": self.weight[:self.active_out, :self.active_in]}, self.bias, self.active_out)
+    def active_view(self, name, tensor):
+        return _leading(tensor, self.active_out, self.active_in) if name == "weight" else tensor[:self.active_out]
 
     def plain(self):
         return PLAIN_OPS.conv(self.active_in, self.active_out, self.kernel_size[0], self.stride[0],
                               self.bias is not None)
 
     def forward(self, x):
-        w = self.active_weights()
-        return F.conv2d(x, w["weight"], w.get("bias"), self.stride, self.padding)
+        bias = None if self.bias is None else self.bias[:self.active_out]
+        return F.conv2d(x, self.weight[:self.active_out, :self.active_in], bias, self.stride, self.padding)
 
 
 class ElasticDWConv2d(Elastic, nn.Conv2d):
@@ -84,15 +89,15 @@ class ElasticDWConv2d(Elastic, nn.Conv2d):
     def set_active(self, channels: int, stride: int = 1) -> None:
         self.active, self.stride = channels, (stride, stride)
 
-    def active_weights(self):
-        return _with_bias({"weight": self.weight[:self.active]}, self.bias, self.active)
+    def active_view(self, name, tensor):
+        return tensor[:self.active]
 
     def plain(self):
         return PLAIN_OPS.dwconv(self.active, self.kernel_size[0], self.stride[0], self.bias is not None)
 
     def forward(self, x):
-        w = self.active_weights()
-        return F.conv2d(x, w["weight"], w.get("bias"), self.stride, self.padding, groups=self.active)
+        bias = None if self.bias is None else self.bias[:self.active]
+        return F.conv2d(x, self.weight[:self.active], bias, self.stride, self.padding, groups=self.active)
 
 
 class ElasticConcatConv(Elastic, nn.Conv2d):
@@ -109,10 +114,13 @@ class ElasticConcatConv(Elastic, nn.Conv2d):
     def set_active(self, block: int, blocks: int, out_channels: int) -> None:
         self.block, self.blocks, self.active_out = block, blocks, out_channels
 
+    def active_view(self, name, tensor):  # (out, blocks, block): the active columns of every active block
+        return tensor[:self.active_out].view(self.active_out, self.max_blocks, self.max_block)[:, :self.blocks,
+                                                                                             :self.block]
+
     def active_weights(self):
-        w = self.weight[:self.active_out].view(self.active_out, self.max_blocks, self.max_block)
-        w = w[:, :self.blocks, :self.block].reshape(self.active_out, self.blocks * self.block, 1, 1)
-        return {"weight": w}
+        w = self.active_view("weight", self.weight)
+        return {"weight": w.reshape(self.active_out, self.blocks * self.block, 1, 1)}
 
     def plain(self):
         return PLAIN_OPS.concat_conv(self.block, self.blocks, self.active_out)
@@ -127,8 +135,8 @@ class _ElasticNorm(Elastic):
     def set_active(self, channels: int) -> None:
         self.active = channels
 
-    def active_weights(self):
-        return {"weight": self.weight[:self.active], "bias": self.bias[:self.active]}
+    def active_view(self, name, tensor):  # num_batches_tracked (a scalar) is whole
+        return tensor[:self.active] if tensor.dim() else tensor
 
 
 class ElasticLayerNorm(_ElasticNorm, nn.LayerNorm):
@@ -140,7 +148,7 @@ class ElasticLayerNorm(_ElasticNorm, nn.LayerNorm):
         return PLAIN_OPS.layer_norm(self.active)
 
     def forward(self, x):  # (..., C)
-        return F.layer_norm(x, (self.active,), eps=self.eps, **self.active_weights())
+        return F.layer_norm(x, (self.active,), self.weight[:self.active], self.bias[:self.active], self.eps)
 
 
 class ElasticLayerNorm2d(ElasticLayerNorm):
@@ -161,20 +169,18 @@ class ElasticBatchNorm2d(_ElasticNorm, nn.BatchNorm2d):
         super().__init__(max_channels)
         self.active = max_channels
 
-    def active_weights(self):
-        c = self.active
-        return {**super().active_weights(), "running_mean": self.running_mean[:c],
-                "running_var": self.running_var[:c], "num_batches_tracked": self.num_batches_tracked}
-
     def plain(self):
         return PLAIN_OPS.conv_norm("bn", self.active)
 
     def forward(self, x):
         c = self.active
+        momentum = self.momentum
         if self.training:
             self.num_batches_tracked.add_(1)
+            if momentum is None:  # cumulative average, as nn.BatchNorm2d (used by BN recalibration)
+                momentum = 1.0 / float(self.num_batches_tracked)
         return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], self.weight[:c], self.bias[:c],
-                            self.training, self.momentum, self.eps)
+                            self.training, momentum or 0.0, self.eps)
 
 
 def _elastic_conv_norm(kind: str, channels: int) -> nn.Module:

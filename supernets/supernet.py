@@ -25,8 +25,8 @@ def largest_arch(space: SearchSpace) -> Arch:
 
 
 class Supernet(NasViT):
-    def __init__(self, space: SearchSpace):
-        super().__init__(largest_arch(space), space, ops=ELASTIC_OPS)
+    def __init__(self, space: SearchSpace, num_classes: int | None = None):
+        super().__init__(largest_arch(space), space, num_classes, ops=ELASTIC_OPS)
         self.active_arch: Arch | None = None
 
     def forward(self, x, arch: Arch | None = None):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nas.cost_model import arch_cost, space_cost_range
+from nas.cost_model import arch_cost, extreme_arch, space_cost_range
 from search_spaces import load_space
 
 KEYS = ("min_macs", "max_macs", "min_params", "max_params")
@@ -30,3 +30,14 @@ def test_sampled_costs_lie_within_the_range(name):
         macs, params = arch_cost(space.sample(rng), space)
         assert bounds["min_macs"] <= macs <= bounds["max_macs"]
         assert bounds["min_params"] <= params <= bounds["max_params"]
+
+
+@pytest.mark.parametrize("name", ["tiny-32", "unified-224"])
+def test_extreme_archs_are_valid_and_reach_the_bounds(name):
+    space = load_space(name)
+    bounds = space_cost_range(space)
+    for largest in (True, False):
+        for metric, index in (("macs", 0), ("params", 1)):
+            arch = extreme_arch(space, largest, metric)
+            assert space.validate(arch) == arch
+            assert arch_cost(arch, space)[index] == bounds[f"{'max' if largest else 'min'}_{metric}"]

@@ -1,0 +1,102 @@
+"""The configuration of a supernet training run: defaults < `-c run.yaml` < command-line options."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from nas.samplers import SAMPLERS
+
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass
+class TrainConfig:
+    space: str = "tiny-32"
+    data: str = "digits"
+    epochs: int = 40
+    batch_size: int = 64            # per process; the global batch is batch_size x processes
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    min_lr: float = 1e-5
+    label_smoothing: float = 0.1
+    mixup: float = 0.0              # mixup alpha; 0 = off
+    cutmix: float = 0.0             # cutmix alpha; 0 = off
+    ema: float = 0.0                # EMA decay of the weights; 0 = off
+    clip_grad: float = 5.0          # max global gradient norm; 0 = off
+    amp: str = "auto"               # auto: bf16 on a CUDA device that has it, else fp16 on CUDA; off on CPU
+    sampler: str = "uniform"
+    seed: int = 0
+    out: str = "runs/supernet"
+    save_every: int = 200           # steps between checkpoints (and one at the end)
+    resume: bool = False
+    stop_after: int = 0             # stop (with a checkpoint) after this many steps of this process; 0 = never
+    workers: int = 0                # data loader worker processes
+    eval_random: int = 3            # random subnets in the final table, besides the largest and smallest
+    log_every: int = 10             # steps between metrics.jsonl lines
+    tensorboard: bool = False
+    device: str = "auto"            # auto: cuda if available (one GPU per process under torchrun), else cpu
+
+    def validate(self) -> TrainConfig:
+        """Raise ValueError naming the option, its value and what is allowed."""
+        positive = ("epochs", "batch_size", "save_every", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
+        non_negative = ("lr", "weight_decay", "warmup_epochs", "min_lr", "mixup", "cutmix", "clip_grad",
+                        "stop_after", "workers", "eval_random")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
+        if self.lr == 0:
+            raise ValueError("--lr must be > 0")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"--ema must be a decay in [0, 1) (0 = off), got {self.ema}")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"--amp {self.amp!r}: choose from {list(AMP_MODES)}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"--sampler {self.sampler!r}: choose from {list(SAMPLERS)}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"--device {self.device!r}: choose from ['auto', 'cpu', 'cuda']")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def load_config(path: str | Path | None, overrides: dict) -> TrainConfig:
+    """Defaults, then the YAML file's keys, then `overrides` (options given on the command line)."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except OSError as exc:
+            raise ValueError(f"-c {str(path)!r}: cannot read it ({exc.strerror or exc})") from None
+        except yaml.YAMLError as exc:
+            raise ValueError(f"-c {str(path)!r} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"-c {str(path)!r}: expected a mapping of option: value")
+        values.update({k.replace("-", "_"): v for k, v in data.items()})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name: f for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown option(s) {unknown} in {path}; allowed: {sorted(known)}")
+    for name, value in values.items():
+        expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[known[name].type]
+        if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
+            raise ValueError(f"option {name!r} = {value!r}: expected {known[name].type}")
+    return TrainConfig(**values).validate()
