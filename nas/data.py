@@ -88,7 +88,7 @@ class Datasets:
     train: Dataset
     val: Dataset
     num_classes: int
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None
+    augment: Callable[..., torch.Tensor] | None  # (batch, generator, shard=(rank, world_size)) -> batch
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
@@ -197,16 +197,22 @@ class RandomShift:
     """Batch augmentation of (B, C, H, W) float images: each image is padded by `pad` pixels of `fill` and cropped back
     to H x W at a random offset (a translation by up to `pad` pixels), then, with `flip`, mirrored left-right with
     probability 1/2. Draws, in this order, the row offsets, the column offsets and the flips from the generator
-    (on its device), so that the result depends only on the batch and the generator's state."""
+    (on its device), so that the result depends only on the batch and the generator's state.
+
+    `shard=(rank, world_size)`: the batch is rank's block of a global batch of world_size x B images (as
+    make_loader splits it); the draws are made for the global batch and this block's are used, so that
+    DDP augments exactly as one process with the global batch."""
     pad: int
     fill: tuple[float, ...]  # per channel
     flip: bool
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, generator: torch.Generator, shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
         b, c, h, w = x.shape
         p, dev = self.pad, generator.device
-        dy = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=dev).to(x.device)  # (B,)
-        dx = torch.randint(0, 2 * p + 1, (b,), generator=generator, device=dev).to(x.device)
+        rank, world_size = shard
+        mine = slice(rank * b, (rank + 1) * b)
+        dy = torch.randint(0, 2 * p + 1, (b * world_size,), generator=generator, device=dev)[mine].to(x.device)
+        dx = torch.randint(0, 2 * p + 1, (b * world_size,), generator=generator, device=dev)[mine].to(x.device)
         padded = torch.tensor(self.fill, dtype=x.dtype, device=x.device).view(1, c, 1, 1).repeat(b, 1, h + 2 * p,
                                                                                                   w + 2 * p)
         padded[:, :, p:p + h, p:p + w] = x  # (B, C, H + 2p, W + 2p)
@@ -216,7 +222,7 @@ class RandomShift:
                      torch.arange(c, device=x.device)[None, :, None, None],
                      rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
         if self.flip:
-            flips = (torch.rand(b, generator=generator, device=dev) < 0.5).to(x.device)  # (B,)
+            flips = (torch.rand(b * world_size, generator=generator, device=dev)[mine] < 0.5).to(x.device)  # (B,)
             out = torch.where(flips[:, None, None, None], out.flip(-1), out)
         return out
 

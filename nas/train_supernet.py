@@ -156,7 +156,7 @@ def train_supernet(cfg: TrainConfig, console: Console | None = None) -> RunResul
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if data.augment is not None:
                 generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000003 + step)
-                images = data.augment(images, generator)
+                images = data.augment(images, generator, shard=(runtime.rank, runtime.world_size))
             if mixup is not None:
                 images, labels = mixup(images, labels)
 
