@@ -76,16 +76,11 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
     overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
     if not args.resume:
         return load_config(args.config, overrides)
-    base = load_config(args.config, {"out": args.out}) if args.config else None
-    out = Path(args.out or (base.out if base else DEFAULTS.out))
+    out = Path(args.out or load_config(args.config, {}).out)
     saved = out / "config.yaml"
     if not saved.is_file():
         raise ValueError(f"--resume: {str(saved)!r} does not exist (no run to continue in {str(out)!r})")
-    values = yaml.safe_load(saved.read_text())
-    if args.config:
-        values.update({k.replace("-", "_"): v for k, v in yaml.safe_load(Path(args.config).read_text()).items()})
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return load_config(None, values)
+    return load_config(args.config, overrides, base=yaml.safe_load(saved.read_text()))
 
 
 def run(args: argparse.Namespace) -> int:

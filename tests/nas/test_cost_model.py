@@ -36,12 +36,12 @@ def test_analytic_equals_traced(name, n):
 
 
 def test_bra_with_padding_and_shared_cells_is_counted():
-    """A hand-written arch that pads (7x7 map, S=4) and shares BRA attention across a cell."""
+    """A hand-written arch that pads (4x4 map, S=3) and shares BRA attention across cells."""
     space = load_space("tiny-32")
     arch = space.sample(np.random.default_rng(0))
     stages = list(arch.stages)
-    stages[0] = type(stages[0])(2, 16, 2, ("shared",), "bra", 4, 4, 2.0)  # 16 -> 8x8 map, no padding
-    stages[1] = type(stages[1])(1, 32, 1, ("shared",), "bra", 4, 3, 4.0)  # 8x8 padded to 9x9
+    stages[0] = type(stages[0])(2, 16, 2, ("shared",), "bra", 4, 4, 2.0)  # 8 -> 4x4 map, no padding
+    stages[1] = type(stages[1])(1, 32, 1, ("shared",), "bra", 4, 3, 4.0)  # 4x4 padded to 6x6
     arch = type(arch)(arch.space, tuple(stages))
     arch = space.validate(arch)
     model = NasViT(arch, space).eval()

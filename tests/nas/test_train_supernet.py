@@ -139,6 +139,9 @@ def test_mismatched_and_corrupt_checkpoints_are_clear_errors(tmp_path, capsys):
     assert "was trained on space 'tiny-32', not on 'unified-224'" in capsys.readouterr().err
     assert main(["train-supernet", "--out", str(out)]) == 2  # would overwrite the run
     assert "pass --resume" in capsys.readouterr().err
+    # the CLI resume takes the run's saved options, but not its --stop-after: it runs to the end
+    assert main(["train-supernet", "--out", str(out), "--resume"]) == 0
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 22
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
     assert main(["train-supernet", "--out", str(out), "--resume"]) == 2
     assert "is corrupt or not a checkpoint" in capsys.readouterr().err

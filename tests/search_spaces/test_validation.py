@@ -12,14 +12,14 @@ from search_spaces.arch import arch_from_dict
 from search_spaces.loading import BUILTIN_DIR
 from search_spaces.space import space_from_dict
 
-# tiny-32: 16x16 map after the stem; token map sides 16, 8, 4, 2 with these pools.
+# tiny-32: 8x8 map after the stem; token map sides 8, 4, 2, 2 with these pools.
 TINY_ARCH = {"space": "tiny-32", "stages": [
     {"pool": 1, "dim": 16, "paths": 1, "cells": ["layer"], "attn": "bra", "topk": 1, "regions": 4, "mlp_ratio": 2.0},
     {"pool": 2, "dim": 32, "paths": 2, "cells": ["shared"], "attn": "mhsa", "topk": None, "regions": None,
      "mlp_ratio": 4.0},
-    {"pool": 2, "dim": 48, "paths": 1, "cells": ["layer", "skip"], "attn": "bra", "topk": 4, "regions": 4,
+    {"pool": 2, "dim": 48, "paths": 1, "cells": ["layer", "skip"], "attn": "bra", "topk": 4, "regions": 2,
      "mlp_ratio": 2.0},
-    {"pool": 2, "dim": 64, "paths": 3, "cells": ["layer"], "attn": "bra", "topk": 2, "regions": 2, "mlp_ratio": 2.0},
+    {"pool": 1, "dim": 64, "paths": 3, "cells": ["layer"], "attn": "bra", "topk": 2, "regions": 2, "mlp_ratio": 2.0},
 ]}
 # unified-224: dims overlap between stages 2 and 3, so a shrinking dim is expressible.
 UNIFIED_ARCH = {"space": "unified-224", "stages": [
@@ -101,8 +101,8 @@ ARCH_ERRORS = {  # case -> (arch mapping, regex the error must match)
                       rf"allowed: {_allowed(TINY[0].mlp_ratio)}"),
     "regions > map side": (_edit(_edit(TINY_ARCH, 0, pool=2), 2, regions=max(TINY[2].regions),
                                  topk=min(TINY[2].topk)),
-                           rf"stage 3: gene 'regions' = {max(TINY[2].regions)} exceeds the stage's token map side 2; "
-                           r"allowed: regions <= 2"),  # sides 8, 4, 2, 1
+                           rf"stage 3: gene 'regions' = {max(TINY[2].regions)} exceeds the stage's token map side 1; "
+                           r"allowed: regions <= 1"),  # sides 4, 2, 1, 1
     "regions > map side (unified)": (_edit(UNIFIED_ARCH, 3, attn="bra", regions=max(UNIFIED[3].regions),
                                            topk=min(UNIFIED[3].topk)),  # sides 28, 14, 7, 4
                                      rf"stage 4: gene 'regions' = {max(UNIFIED[3].regions)} exceeds .* side 4; "
