@@ -94,7 +94,7 @@ class SubnetOptimizer:
             steps.append(state["step"])
         beta1, beta2 = group["betas"]
         decoupled = isinstance(self.optimizer, torch.optim.AdamW) or group.get("decoupled_weight_decay", False)
-        adam(views["p"], views["g"], views["m"], views["v"], views["vmax"], steps, foreach=False,
+        adam(views["p"], views["g"], views["m"], views["v"], views["vmax"], steps, foreach=True,
              decoupled_weight_decay=decoupled, amsgrad=group["amsgrad"], beta1=beta1, beta2=beta2, lr=group["lr"],
              weight_decay=group["weight_decay"], eps=group["eps"], maximize=group["maximize"])
 
@@ -108,5 +108,5 @@ class SubnetOptimizer:
             params.append(module.active_view(name, p))
             grads.append(module.active_view(name, p.grad))
             buffers.append(module.active_view(name, state["momentum_buffer"]) if group["momentum"] else None)
-        sgd(params, grads, buffers, foreach=False, weight_decay=group["weight_decay"], momentum=group["momentum"],
+        sgd(params, grads, buffers, foreach=True, weight_decay=group["weight_decay"], momentum=group["momentum"],
             lr=group["lr"], dampening=group["dampening"], nesterov=group["nesterov"], maximize=group["maximize"])

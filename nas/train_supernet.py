@@ -79,7 +79,7 @@ def train_supernet(cfg: TrainConfig, console: Console | None = None) -> RunResul
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     supernet = Supernet(space, num_classes=data.num_classes).to(device)
-    optimizer = create_optimizer_v2(supernet, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=False)
+    optimizer = create_optimizer_v2(supernet, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
     guard = SubnetOptimizer(optimizer, supernet)
     warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total_steps // 2)  # the cosine gets >= half
     scheduler = CosineLRScheduler(optimizer, t_initial=total_steps - warmup, lr_min=cfg.min_lr, warmup_t=warmup,

@@ -47,9 +47,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
     space = load_space(args.space)
     supernet = Supernet(space)
-    guarded = SubnetOptimizer(create_optimizer_v2(supernet, "adamw", lr=1e-4, weight_decay=0.05, foreach=False),
+    guarded = SubnetOptimizer(create_optimizer_v2(supernet, "adamw", lr=1e-4, weight_decay=0.05, foreach=True),
                               supernet)
-    plain_opt = create_optimizer_v2(supernet, "adamw", lr=1e-4, weight_decay=0.05, foreach=False)
+    plain_opt = create_optimizer_v2(supernet, "adamw", lr=1e-4, weight_decay=0.05, foreach=True)
     x = torch.randn(args.batch, space.in_chans, space.img_size, space.img_size)
     y = torch.randint(0, space.num_classes, (args.batch,))
     rng = np.random.default_rng(args.seed)
@@ -59,7 +59,7 @@ def main() -> None:
     for _ in range(args.archs):
         arch = space.sample(rng)
         standalone = supernet.export(arch)
-        standalone_opt = create_optimizer_v2(standalone, "adamw", lr=1e-4, weight_decay=0.05, foreach=False)
+        standalone_opt = create_optimizer_v2(standalone, "adamw", lr=1e-4, weight_decay=0.05, foreach=True)
         variants = {"supernet": lambda: timed_step(supernet, guarded, x, y, arch),
                     "standalone": lambda: timed_step(standalone, standalone_opt, x, y),
                     "unguarded": lambda: timed_step(supernet, plain_opt, x, y, arch)}
