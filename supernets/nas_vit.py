@@ -126,7 +126,7 @@ class Cell(nn.Module):
         return x
 
 
-class Path(nn.Module):
+class ScalePath(nn.Module):
     """One MPViT path: its patch embedding, then its own stack of cells over the embedded tokens."""
 
     def __init__(self, c_in: int, stride: int, genes: StageArch, head_dim: int, norm: str, ops: Ops):
@@ -179,7 +179,7 @@ class Stage(nn.Module):
         super().__init__()
         self.num_paths = genes.paths
         self.paths = nn.ModuleList(
-            Path(c_in if j == 0 else genes.dim, genes.pool if j == 0 else 1, genes, head_dim, norm, ops)
+            ScalePath(c_in if j == 0 else genes.dim, genes.pool if j == 0 else 1, genes, head_dim, norm, ops)
             for j in range(genes.paths))
         multi = genes.paths >= 2
         self.local = LocalConv(genes.dim, norm, ops) if multi else None
