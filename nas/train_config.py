@@ -17,7 +17,7 @@ class TrainConfig:
     space: str = "tiny-32"
     data: str = "digits"
     epochs: int = 100
-    batch_size: int = 64            # per process; the global batch is batch_size x processes
+    batch_size: int = 32            # per process; the global batch is batch_size x processes
     lr: float = 1e-3              # higher rates stall weight-shared training (docs/training.md)
     weight_decay: float = 0.05
     warmup_epochs: float = 2.0
