@@ -195,7 +195,8 @@ def train_supernet(cfg: TrainConfig, console: Console | None = None) -> RunResul
                 elapsed = time.perf_counter() - window["start"]
                 record = {"step": step, "epoch": epoch + 1, "loss": window["loss"] / window["steps"],
                           "lr": optimizer.param_groups[0]["lr"], "images_per_s": window["images"] / max(elapsed, 1e-9),
-                          "macs": [arch_cost(a, space)[0] for a in archs], "archs": [a.hash for a in archs]}
+                          "macs": [arch_cost(a, space, data.num_classes)[0] for a in archs],
+                          "archs": [a.hash for a in archs]}
                 if show:
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
