@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Registering a new command = adding its module name here (in the order `nas --help` lists them).
-COMMANDS = ("space", "sample", "flops", "train-supernet")
+COMMANDS = ("space", "sample", "flops", "train-supernet", "evolve", "export", "eval", "retrain")
 
 
 class Parser(argparse.ArgumentParser):

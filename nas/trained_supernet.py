@@ -61,6 +61,11 @@ def load_trained_supernet(path: str | Path, space: str | None = None,
                            file_sha256(path), weights)
 
 
+def default_holdout(config: dict) -> int:
+    """The held-out size of a search on a supernet: the images its run held out of training, if any."""
+    return config.get("holdout") or DEFAULT_HOLDOUT
+
+
 def fitness_split(data: str, holdout: int, space: SearchSpace, num_classes: int,
                   seed: int = 0) -> tuple[Dataset, Dataset]:
     """(rest, held_out) of the train set of `data`: `holdout` images set aside with a fixed seed, the same ones
