@@ -7,14 +7,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from nas.atomic_files import atomic_path, atomic_write
 from search_spaces import Arch, SearchSpace, load_arch
 from supernets.nas_vit import NasViT
 
@@ -35,9 +34,10 @@ def write_exported(folder: str | Path, model: NasViT, meta: dict) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    _atomic(folder / ARCH_FILE, lambda tmp: Path(tmp).write_text(model.arch.to_yaml()))
-    _atomic(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata={"arch_hash": model.arch.hash}))
-    _atomic(folder / META_FILE, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    atomic_write(folder / ARCH_FILE, model.arch.to_yaml().encode())
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, tmp, metadata={"arch_hash": model.arch.hash})
+    atomic_write(folder / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
 
 
 def read_exported(folder: str | Path) -> ExportedModel:
@@ -65,13 +65,3 @@ def read_exported(folder: str | Path) -> ExportedModel:
                          f"({str(exc).splitlines()[0]} ...)") from None
     return ExportedModel(model.eval(), arch, space, meta, folder)
 
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -38,6 +38,11 @@ class StageChoices:
         return [self.pool, self.dim, self.paths, *([self.cells] * self.max_cells),
                 self.attn, self.topk, self.regions, self.mlp_ratio]
 
+    def gene_names(self) -> list[str]:
+        """Names of the genome positions of this stage, in genome order (cells numbered from 1)."""
+        return ["pool", "dim", "paths", *(f"cell{j + 1}" for j in range(self.max_cells)),
+                "attn", "topk", "regions", "mlp_ratio"]
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -70,12 +75,18 @@ class SearchSpace:
         return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     @cached_property
-    def _gene_choices(self) -> list[tuple]:
+    def genome_choices(self) -> list[tuple]:
+        """The choices of every genome position (`encode` gives indices into them)."""
         return [c for stage in self.stages for c in stage.gene_choices()]
+
+    @cached_property
+    def genome_names(self) -> list[str]:
+        """A name per genome position: 's1.pool', 's1.dim', ..., 's4.mlp_ratio'."""
+        return [f"s{i + 1}.{name}" for i, stage in enumerate(self.stages) for name in stage.gene_names()]
 
     @property
     def genome_length(self) -> int:
-        return len(self._gene_choices)
+        return len(self.genome_choices)
 
     def stem_output(self) -> int:
         a, b = STEM_STRIDES[self.stem_stride]
@@ -141,16 +152,16 @@ class SearchSpace:
             values = [stage.pool, stage.dim, stage.paths, *stage.cells, stage.attn, stage.topk, stage.regions,
                       stage.mlp_ratio]
             genome.extend(values)
-        return [0 if v is None else choices.index(v) for v, choices in zip(genome, self._gene_choices)]
+        return [0 if v is None else choices.index(v) for v, choices in zip(genome, self.genome_choices)]
 
     def decode(self, genome: list[int] | np.ndarray) -> Arch:
         """The canonical arch of a genome; it may be outside the space (see `contains`)."""
         if len(genome) != self.genome_length:
             raise ValueError(f"genome has {len(genome)} genes; space {self.name!r} expects {self.genome_length}")
-        for pos, (i, choices) in enumerate(zip(genome, self._gene_choices)):
+        for pos, (i, choices) in enumerate(zip(genome, self.genome_choices)):
             if isinstance(i, bool) or int(i) != i or not 0 <= i < len(choices):
                 raise ValueError(f"genome position {pos} = {i!r}; allowed: an index in 0..{len(choices) - 1}")
-        values = [choices[int(i)] for i, choices in zip(genome, self._gene_choices)]
+        values = [choices[int(i)] for i, choices in zip(genome, self.genome_choices)]
         stages, pos = [], 0
         for choices in self.stages:
             pool, dim, paths = values[pos:pos + 3]
@@ -164,7 +175,7 @@ class SearchSpace:
 
     def sample(self, rng: np.random.Generator, max_tries: int = 1000) -> Arch:
         """A uniformly random valid arch: every gene uniform, invalid draws rejected."""
-        sizes = [len(c) for c in self._gene_choices]
+        sizes = [len(c) for c in self.genome_choices]
         return self._first_valid(lambda: rng.integers(0, sizes), max_tries, "sample")
 
     def mutate(self, arch: Arch, prob: float, rng: np.random.Generator, max_tries: int = 1000) -> Arch:
@@ -172,7 +183,7 @@ class SearchSpace:
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"prob must be in [0, 1], got {prob}")
         genome = np.asarray(self.encode(arch))
-        sizes = np.array([len(c) for c in self._gene_choices])
+        sizes = np.array([len(c) for c in self.genome_choices])
 
         def draw() -> np.ndarray:
             redraw = rng.random(len(genome)) < prob

@@ -54,7 +54,7 @@ stages:
 
 def enumerate_archs(space: SearchSpace) -> set[Arch]:
     """Every distinct canonical valid arch of `space`, by decoding every genome (brute force)."""
-    sizes = [len(c) for c in space._gene_choices]
+    sizes = [len(c) for c in space.genome_choices]
     assert math.prod(sizes) <= 2 ** 17, "space too large to enumerate in a unit test"
     archs = {space.decode(g) for g in itertools.product(*map(range, sizes))}
     return {a for a in archs if space.contains(a)}

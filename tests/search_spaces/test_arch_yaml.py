@@ -111,7 +111,7 @@ def test_single_gene_changes_change_the_hash():
     arch = space.sample(np.random.default_rng(3))
     genome = space.encode(arch)
     seen = {arch.hash}
-    for pos, choices in enumerate(space._gene_choices):
+    for pos, choices in enumerate(space.genome_choices):
         for value in range(len(choices)):
             other = space.decode(genome[:pos] + [value] + genome[pos + 1:])
             if other != arch:

@@ -135,7 +135,7 @@ def test_encode_decode_round_trip(name):
     for arch in _samples(space, DRAWS, 11):
         genome = space.encode(arch)
         assert len(genome) == space.genome_length
-        assert all(0 <= g < len(c) for g, c in zip(genome, space._gene_choices))
+        assert all(0 <= g < len(c) for g, c in zip(genome, space.genome_choices))
         assert space.decode(genome) == arch
         assert space.decode(np.asarray(genome)) == arch
         assert space.encode(space.decode(genome)) == genome
@@ -158,7 +158,7 @@ def test_sampling_covers_every_choice(name):
             if live:
                 seen[pos].add(g)
         paths.update(s.paths for s in arch.stages)
-    for pos, choices in enumerate(space._gene_choices):
+    for pos, choices in enumerate(space.genome_choices):
         assert seen[pos] == set(range(len(choices))), (pos, choices, seen[pos])
     # `paths` takes part in no constraint, so its draws are uniform
     for p in (1, 2, 3):
