@@ -1,6 +1,8 @@
 """Human-readable numbers for the CLI's tables: 4.35G MACs, 12.3M params."""
 from __future__ import annotations
 
+import math
+
 
 def human(n: float) -> str:
     """Three significant digits with a K/M/G/T suffix (powers of 1000, as MAC and param counts are quoted)."""
@@ -12,3 +14,21 @@ def human(n: float) -> str:
     if not suffix:
         return f"{value:g}"
     return f"{value:#.3g}".rstrip(".") + suffix  # '#' keeps trailing zeros (12.0M), then drop a bare '.' (100M)
+
+
+SUFFIXES = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+BUDGET_FORMS = "a positive count with an optional K/M/G/T suffix (powers of 1000), e.g. 4G, 4.5G, 600M, 4e9"
+
+
+def parse_count(text: str, option: str) -> int:
+    """A budget such as '4G', '4.5G', '600M', '4e9' or '4000000000' as an int; ValueError naming `option`."""
+    stripped = str(text).strip()
+    suffix = stripped[-1:].upper() if stripped[-1:].isalpha() and stripped[-1:].upper() in SUFFIXES else ""
+    number = stripped[:len(stripped) - len(suffix)]
+    try:
+        value = float(number) * SUFFIXES[suffix]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected {BUDGET_FORMS}") from None
+    if not math.isfinite(value) or value < 1:
+        raise ValueError(f"{option} {text!r}: expected {BUDGET_FORMS}")
+    return round(value)

@@ -1,10 +1,85 @@
-"""`nas evolve` (being written)."""
+"""`nas evolve`: evolutionary search of a trained supernet under a MACs / params budget."""
 from __future__ import annotations
 
 import argparse
+import json
+
+from nas.commands import SPACE_HELP
+from nas.data import DATA_HELP
+from nas.search_study import STORAGE_HELP
+from nas.units import parse_count
+
+DESCRIPTION = """Search a trained supernet for the most accurate subnet within a budget, with the
+evolutionary algorithm of single-path one-shot (SPOS), on inherited weights (no training).
+
+Generation 0 is --population random archs within the budget; every later generation takes the
+--topk best so far as parents and adds --mutations mutated children (each gene redrawn with
+--mutation-prob), --crossovers children of two parents, and random archs up to --population.
+Candidates over budget, outside the space or seen before are rejected before evaluation. The
+fitness is the top-1 of the subnet on images held out of the train set (--holdout).
+
+The search is an optuna study (--storage, --study): run the same command again to resume it after a
+crash, or on several machines at once to share it; no arch is evaluated twice. Writes
+OUT/best.yaml, OUT/candidates.csv (every candidate), OUT/search.png (top-1 against MACs)."""
+EXAMPLE = """budgets are MACs (multiply-accumulates) and params: 4G, 4.5G, 600M, 4e9, 4000000000.
+
+example:
+  nas evolve --supernet runs/supernet/checkpoint.pt --flops 20M
+  nas evolve --supernet runs/in1k/checkpoint.pt --flops 4G --storage sqlite:///search.db --out runs/search
+  nas evolve --supernet runs/supernet/checkpoint.pt --flops 50M --objective pareto
+  optuna-dashboard runs/evolve/study.journal      # watch it (pip install optuna-dashboard)"""
+
+
+def budget(option: str):
+    def parse(text: str) -> int:
+        try:
+            return parse_count(text, option)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{option} ")) from None
+    return parse
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("evolve", help="(being written)")
-    parser.set_defaults(func=lambda args: 1)
+    parser = subparsers.add_parser("evolve", help="search the supernet under a MACs / params budget (SPOS evolution)",
+                                   description=DESCRIPTION, epilog=EXAMPLE)
+    add = parser.add_argument
+    add("--supernet", required=True, metavar="CKPT", help="checkpoint.pt of 'nas train-supernet'")
+    add("--flops", type=budget("--flops"), metavar="BUDGET", help="max MACs of one image, e.g. 4G or 600M")
+    add("--params", type=budget("--params"), metavar="BUDGET", help="max parameters, e.g. 25M")
+    add("--objective", choices=("top1", "pareto"), default="top1",
+        help="top1: the most accurate subnet within the budget (SPOS, default); pareto: NSGA-II on top-1 and "
+             "MACs, reporting the whole accuracy-MACs front within the budget")
+    add("--population", type=int, default=50, help="candidates per generation (default %(default)s)")
+    add("--topk", type=int, default=10, help="parents kept for the next generation (default %(default)s; "
+                                             "with --objective pareto the NSGA-II elite is --population)")
+    add("--generations", type=int, default=20, help="generations, including the random first one (default "
+                                                    "%(default)s; a finished search resumed with more continues)")
+    add("--mutations", type=int, default=25, help="mutated children per generation (default %(default)s)")
+    add("--mutation-prob", type=float, default=0.1, help="probability to redraw each gene (default %(default)s)")
+    add("--crossovers", type=int, default=25, help="children of two parents per generation (default %(default)s)")
+    add("--seed", type=int, default=0, help="seed of the plans: (seed, generation) fixes a generation's "
+                                            "candidates given its parents (default %(default)s)")
+    add("--out", default="runs/evolve", metavar="DIR", help="output folder (default %(default)s)")
+    add("--storage", metavar="URL", help=STORAGE_HELP)
+    add("--study", default="evolve", metavar="NAME", help="study name in the storage (default %(default)s)")
+    add("--space", metavar="NAME|PATH", help=f"{SPACE_HELP}; only for a checkpoint that does not record it")
+    add("--data", metavar="SOURCE", help=f"{DATA_HELP}; default: the data the supernet was trained on")
+    add("--holdout", type=int, metavar="N", help="images held out of the train set to rank subnets (a fixed "
+                                                 "split); default: the supernet run's --holdout, else 1000")
+    add("--batch-size", type=int, default=250, help="images per forward pass (default %(default)s)")
+    add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if available (default)")
+    add("--json", action="store_true", help="also print the best candidate as one JSON object on stdout")
+    parser.set_defaults(func=run)
     return parser
+
+
+def run(args: argparse.Namespace) -> None:
+    from nas.evolve import EvolveConfig, run_evolution  # torch-heavy: only when searching
+
+    options = {k: v for k, v in vars(args).items() if k in EvolveConfig.__dataclass_fields__}
+    result = run_evolution(EvolveConfig(**options))
+    if args.json:
+        best = result.best
+        print(json.dumps({"arch": best.arch.hash, "top1": best.top1, "macs": best.macs, "params": best.params,
+                          "trial": best.trial, "generation": best.generation, "candidates": len(result.rows),
+                          "best_yaml": str(result.out / "best.yaml"), "genes": best.arch.to_dict()}, indent=2))

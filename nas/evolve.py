@@ -1,0 +1,245 @@
+"""`nas evolve`: SPOS's evolutionary search of a trained supernet under a MACs and/or params budget.
+
+The search is an optuna study driven trial by trial (ask, evaluate, tell) with `EvolutionSampler`; the fitness is
+the inherited top-1 on a fixed held-out split. Budgets go into every trial as constraints
+(`trial.set_constraint`, <= 0 = feasible), which the plans guarantee, so optuna's tools (best_trials, the
+dashboard) see a feasible study.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from optuna.trial import TrialState
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from nas.cost_model import arch_cost, extreme_arch
+from nas.evolution_sampler import (CLAIM_KEY, OBJECTIVES, EvolutionSampler, fail_dead_local_trials,
+                                   params_arch)
+from nas.fitness import Fitness
+from nas.search_report import Candidate, candidates, print_table, write_outputs
+from nas.search_study import open_storage, open_study
+from nas.trained_supernet import default_holdout, fitness_split, load_trained_supernet
+from nas.units import human
+from search_spaces import Arch
+
+
+@dataclass
+class EvolveConfig:
+    supernet: str
+    flops: int | None = None  # MACs budget of one image
+    params: int | None = None  # parameter budget
+    objective: str = "top1"  # top1: SPOS, the most accurate subnet; pareto: NSGA-II on (top-1, MACs)
+    population: int = 50
+    topk: int = 10
+    generations: int = 20
+    mutations: int = 25
+    mutation_prob: float = 0.1
+    crossovers: int = 25
+    seed: int = 0
+    out: str = "runs/evolve"
+    storage: str | None = None  # default: OUT/study.journal
+    study: str = "evolve"
+    space: str | None = None  # only for a checkpoint that does not hold its space
+    data: str | None = None  # default: the supernet run's data
+    holdout: int | None = None  # default: the images the supernet run held out, else DEFAULT_HOLDOUT
+    batch_size: int = 250
+    device: str = "auto"
+    poll_s: float = 0.5  # how often a worker waiting for the others looks at the study again
+
+    def validate(self) -> EvolveConfig:
+        for name, low in (("population", 2 if self.objective == "pareto" else 1), ("topk", 1), ("generations", 1),
+                          ("mutations", 0), ("crossovers", 0), ("batch_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"--{name.replace('_', '-')} must be an int >= {low}, got {value!r}")
+        if not 0 <= self.mutation_prob <= 1:
+            raise ValueError(f"--mutation-prob must be in [0, 1], got {self.mutation_prob}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--objective {self.objective!r}: choose from {list(OBJECTIVES)}")
+        if self.holdout is not None and self.holdout < 1:
+            raise ValueError(f"--holdout must be >= 1, got {self.holdout}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"--device {self.device!r}: choose from ['auto', 'cpu', 'cuda']")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available")
+        return self
+
+
+@dataclass
+class SearchResult:
+    out: Path
+    best: Candidate
+    rows: list[Candidate]  # every evaluated candidate of the study, best first
+    evaluated_here: int  # subnets this worker evaluated
+    fitness_seconds: float  # time this worker spent in subnet inference
+    total_seconds: float  # wall time of this worker's search loop
+    storage: str
+    events: dict = field(default_factory=dict)  # counters: failed dead trials, waits
+
+
+def run_evolution(cfg: EvolveConfig, console: Console | None = None) -> SearchResult:
+    cfg.validate()
+    console = console or Console(stderr=True)
+    out = Path(cfg.out)
+    device = torch.device("cuda" if cfg.device == "cuda" or cfg.device == "auto" and torch.cuda.is_available()
+                          else "cpu")
+    trained = load_trained_supernet(cfg.supernet, cfg.space, device)
+    space, num_classes = trained.space, trained.num_classes
+    _check_budgets(cfg, space, num_classes)
+
+    def cost(arch: Arch) -> tuple[int, int]:
+        return arch_cost(arch, space, num_classes)
+
+    def feasible(arch: Arch) -> bool:
+        macs, params = cost(arch)
+        return (cfg.flops is None or macs <= cfg.flops) and (cfg.params is None or params <= cfg.params)
+
+    data = cfg.data or trained.config.get("data", "digits")
+    holdout = cfg.holdout or default_holdout(trained.config)
+    rest, held_out = fitness_split(data, holdout, space, num_classes)
+    if not trained.config.get("holdout"):
+        console.print(f"[yellow]note:[/] the supernet was trained on all of {data!r}'s train set, so the "
+                      f"{holdout} held-out images were seen in training; train it with --holdout {holdout} "
+                      "for an unbiased fitness")
+    fitness = Fitness(trained.supernet, held_out, rest, cfg.batch_size, device)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage, storage_name = open_storage(cfg.storage, out)
+    sampler = EvolutionSampler(space, feasible, population=cfg.population, topk=cfg.topk,
+                               generations=cfg.generations, mutations=cfg.mutations,
+                               mutation_prob=cfg.mutation_prob, crossovers=cfg.crossovers, objective=cfg.objective,
+                               seed=cfg.seed, poll_s=cfg.poll_s)
+    directions = ["maximize"] if cfg.objective == "top1" else ["maximize", "minimize"]
+    study = open_study(storage, cfg.study, sampler, directions, _settings(cfg, trained, data, holdout))
+    events = {"failed_dead_trials": fail_dead_local_trials(study)}
+    if not sampler.plan(study, 0).archs:
+        raise ValueError(f"no arch of space {space.name!r} within {_budget_text(cfg)} was found in "
+                         f"{sampler.max_tries * cfg.population} random draws; raise the budget")
+    done_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    console.print(f"search: space {space.name}, {_budget_text(cfg)}, objective {cfg.objective}, "
+                  f"{cfg.generations} generations of {cfg.population}; fitness: top-1 on {holdout} held-out images "
+                  f"of {data!r}; study {cfg.study!r} in {storage_name}"
+                  + (f" (resuming: {done_before} candidates done)" if done_before else ""))
+
+    out.mkdir(parents=True, exist_ok=True)
+    start, evaluated = time.perf_counter(), 0
+    with _GenerationBars(console, sampler, cfg.generations) as bars:
+        while True:
+            progress = sampler.progress(study)
+            bars.update(study, progress)
+            if progress.plan is None:
+                break
+            if not progress.free:  # other workers hold the rest of this generation
+                time.sleep(cfg.poll_s)
+                continue
+            trial = study.ask()
+            trial.relative_params  # optuna samples lazily: this runs the sampler, which claims an arch
+            arch = sampler.claimed(trial.number)
+            if arch is None:  # the search ended between the check and the ask
+                study.tell(trial, state=TrialState.FAIL)
+                continue
+            try:
+                values = _evaluate(trial, arch, sampler, cost, feasible, fitness, cfg)
+            except BaseException:
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            study.tell(trial, values)
+            evaluated += 1
+    total = time.perf_counter() - start
+
+    rows = candidates(study, space, sampler._get_generation_key())
+    title = f"{space.name}, {_budget_text(cfg)}: {len(rows)} candidates in {cfg.generations} generations"
+    write_outputs(out, rows, cfg.flops, title)
+    print_table(console, rows, pareto=cfg.objective == "pareto")
+    best = rows[0]
+    console.print(f"best: {best.arch.hash}, top-1 {100 * best.top1:.2f}%, {human(best.macs)} MACs, "
+                  f"{human(best.params)} params -> {out / 'best.yaml'}; all candidates in {out / 'candidates.csv'}, "
+                  f"plot {out / 'search.png'}")
+    return SearchResult(out, best, rows, evaluated, fitness.seconds, total, storage_name, events)
+
+
+def _evaluate(trial: optuna.Trial, arch: Arch, sampler: EvolutionSampler, cost, feasible, fitness: Fitness,
+              cfg: EvolveConfig) -> list[float]:
+    """Record the trial's genes, cost and constraints, then measure its fitness."""
+    genes = params_arch(sampler.space, {name: trial.suggest_categorical(name, d.choices)
+                                        for name, d in sampler.distributions.items()})
+    assert genes == arch and feasible(arch), "a trial evaluates the feasible arch it claimed"
+    macs, params = cost(arch)
+    trial.set_user_attr("macs", macs)
+    trial.set_user_attr("params", params)
+    if cfg.flops is not None:
+        trial.set_constraint("macs", macs - cfg.flops)
+    if cfg.params is not None:
+        trial.set_constraint("params", params - cfg.params)
+    top1 = fitness(arch)
+    return [top1] if cfg.objective == "top1" else [top1, macs]
+
+
+def _check_budgets(cfg: EvolveConfig, space, num_classes: int) -> None:
+    for option, budget, metric, index in (("--flops", cfg.flops, "macs", 0), ("--params", cfg.params, "params", 1)):
+        if budget is None:
+            continue
+        smallest = arch_cost(extreme_arch(space, largest=False, metric=metric), space, num_classes)[index]
+        if budget < smallest:
+            raise ValueError(f"{option} {human(budget)} ({budget}) is below the smallest arch of space "
+                             f"{space.name!r}: {human(smallest)} ({smallest}) {'MACs' if index == 0 else 'params'}")
+
+
+def _budget_text(cfg: EvolveConfig) -> str:
+    parts = [f"{human(cfg.flops)} MACs" if cfg.flops else "", f"{human(cfg.params)} params" if cfg.params else ""]
+    return "budget " + " and ".join(p for p in parts if p) if any(parts) else "no budget"
+
+
+def _settings(cfg: EvolveConfig, trained, data: str, holdout: int) -> dict:
+    """What a resume or another worker must share (--generations may grow: plans do not depend on it)."""
+    shared = {k: v for k, v in asdict(cfg).items() if k in ("flops", "params", "objective", "population", "topk",
+                                                          "mutations", "mutation_prob", "crossovers", "seed")}
+    return {**shared, "space": trained.space.name, "space_hash": trained.space.hash,
+            "checkpoint_sha256": trained.sha256, "data": data, "holdout": holdout}
+
+
+class _GenerationBars:
+    """One rich progress bar per generation: best top-1 so far, mean of the generation, evaluated, rejected."""
+
+    def __init__(self, console: Console, sampler: EvolutionSampler, generations: int):
+        self.sampler, self.generations, self.tasks = sampler, generations, {}
+        self.progress = Progress(TextColumn("gen {task.fields[gen]:>3}/{task.fields[of]}"), BarColumn(),
+                                 MofNCompleteColumn(),
+                                 TextColumn("best {task.fields[best]}  mean {task.fields[mean]}  evaluated "
+                                            "{task.fields[evaluated]}  rejected {task.fields[rejected]}"),
+                                 TimeElapsedColumn(), console=console)
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def update(self, study: optuna.Study, progress) -> None:
+        key = self.sampler._get_generation_key()
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        scored = [(t.system_attrs.get(key), t.values[0]) for t in complete if t.system_attrs.get(CLAIM_KEY)]
+        best = max((v for _, v in scored), default=None)
+        last = min(progress.generation, self.generations - 1)
+        for g in range(last + 1):
+            plan = self.sampler.plan(study, g)
+            if not plan.archs:
+                break
+            values = [v for gen, v in scored if gen == g]
+            fields = dict(gen=g, of=self.generations, best=_pct(best), mean=_pct(np.mean(values) if values else None),
+                          evaluated=len(scored), rejected=sum(self.sampler.plan(study, h).rejected
+                                                              for h in range(g + 1)))
+            if g not in self.tasks:
+                self.tasks[g] = self.progress.add_task("", total=len(plan.archs), **fields)
+            self.progress.update(self.tasks[g], completed=len(values), **fields)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"

@@ -1,0 +1,48 @@
+"""The optuna study that holds a search: its storage (a journal file by default, or an RDB URL) and the
+settings that every worker and every resume of it must share."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+DEFAULT_JOURNAL = "study.journal"
+SETTINGS_KEY = "nas:settings"
+STORAGE_HELP = ("where the study lives: an RDB URL (sqlite:///search.db, postgresql://user:pass@host/db, "
+                "mysql+pymysql://...) or the path of an optuna journal file; default OUT/study.journal. Workers "
+                "that run the same command on one storage share the search; running it again resumes it")
+
+
+def open_storage(url: str | None, out: Path) -> tuple[BaseStorage, str]:
+    """(storage, how to name it to a user). A value with '://' is an RDB URL, anything else a journal file."""
+    if url is None or "://" not in url:
+        path = Path(url) if url else out / DEFAULT_JOURNAL
+        if path.is_dir():
+            raise ValueError(f"--storage {str(path)!r} is a folder; expected a journal file path or an RDB URL")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path))), str(path)
+    import sqlalchemy.exc
+
+    try:
+        return RDBStorage(url), url
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
+        raise ValueError(f"--storage {url!r}: cannot open it ({type(exc).__name__}: {exc})") from None
+
+
+def open_study(storage: BaseStorage, name: str, sampler: optuna.samplers.BaseSampler, directions: list[str],
+               settings: dict) -> optuna.Study:
+    """Create the study, or load it to resume or to join it as another worker. A study started with other
+    settings (budget, space, checkpoint, objective, GA parameters, seed, fitness split) is refused."""
+    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, directions=directions,
+                                load_if_exists=True)
+    saved = study.user_attrs.get(SETTINGS_KEY)
+    if saved is None:
+        study.set_user_attr(SETTINGS_KEY, settings)
+        return study
+    differ = [f"{key} {saved.get(key)!r} (now {value!r})" for key, value in settings.items() if saved.get(key) != value]
+    if differ:
+        raise ValueError(f"study {name!r} was started with other settings: {'; '.join(differ)}. Run it with the "
+                         f"same options to resume it, or start another one with --study or --out")
+    return study
