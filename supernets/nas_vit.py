@@ -273,8 +273,9 @@ def nas_vit(pretrained: bool = False, arch: Arch | str | Path | None = None, spa
     if arch is None:
         raise ValueError("nas_vit needs arch=: an arch YAML path or an Arch")
     if pretrained:
-        raise ValueError("nas_vit has no hub weights; load an exported model with pretrained_cfg_overlay="
-                         "dict(file='DIR/model.safetensors') (see the README)")
+        raise ValueError("nas_vit has no hub weights; load an exported model with timm.create_model('nas_vit', "
+                         "arch='DIR/arch.yaml', num_classes=K, checkpoint_path='DIR/model.safetensors') "
+                         "(see docs/export.md)")
     kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None), kwargs.pop("cache_dir", None)
     if kwargs:
         raise ValueError(f"nas_vit got unexpected argument(s) {sorted(kwargs)}")

@@ -1,0 +1,284 @@
+"""Export a subnet of a trained supernet as a standalone model (`nas export`), and measure one again (`nas eval`).
+
+`export_subnet` validates an arch against the space of a train-supernet checkpoint, recalibrates the subnet's
+BatchNorm statistics (BatchNorm spaces only), measures its inherited top-1 on the held-out split of the train set
+(the images evolution ranks subnets on), copies its weights into a `NasViT` and writes the export folder
+(`nas.exported_model`). meta.json records how the accuracy was measured, so that `evaluate_export` on the folder
+measures the same images with the same batch size and reproduces it.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.utils.data import Dataset
+
+from nas.cost_model import arch_cost
+from nas.data import holdout_split, load_datasets, make_loader, parse_data
+from nas.evaluate import recalibrate_batchnorm, top1
+from nas.exported_model import ARCH_FILE, META_FILE, WEIGHTS_FILE, read_exported, write_exported
+from nas.train_supernet import BN_RECALIBRATION_BATCHES
+from nas.trained_supernet import DEFAULT_HOLDOUT, HOLDOUT_SEED, default_holdout, load_trained_supernet
+from search_spaces import SearchSpace, load_arch
+
+FORMAT = 1  # of meta.json; bumped when a field changes meaning
+SPLITS = ("holdout", "val")
+DEFAULT_BATCH_SIZE = 250
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class MeasurementData:
+    """The images a top-1 is measured on, and the train images left for BatchNorm recalibration."""
+    data: str  # the canonical --data value (on-disk paths made absolute)
+    split: str  # "holdout" or "val"
+    holdout: int | None  # held-out size (split "holdout" only)
+    images: Dataset
+    rest: Dataset | None  # the train set minus the held-out images (split "holdout" only)
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' (CUDA if available, else CPU), 'cpu' or 'cuda'; ValueError naming --device otherwise."""
+    if name not in DEVICES:
+        raise ValueError(f"--device {name!r}: choose from {list(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def canonical_data(text: str) -> str:
+    """The --data value with an on-disk path made absolute, so that meta.json names the data from any folder.
+    ValueError (from `parse_data`) for a malformed value or a path that does not hold the expected files."""
+    source = parse_data(text)
+    return source.kind if source.path is None else f"{source.kind}:{source.path.resolve()}"
+
+
+def _check_positive(option: str, value: int | None) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{option} {value!r}: expected an int >= 1")
+
+
+def load_measurement_data(data: str, split: str, holdout: int | None, space: SearchSpace,
+                          num_classes: int) -> MeasurementData:
+    """The images of `split` of `data` at the space's image size.
+
+    "holdout": the `holdout` train images that `nas.trained_supernet.fitness_split` sets aside (the same seed, so
+    the same images that `train-supernet --holdout` leaves out and `nas evolve` ranks subnets on); "val": the
+    data's val set. ValueError when the data's classes are not the model's, or for a held-out size out of range."""
+    if split not in SPLITS:
+        raise ValueError(f"--split {split!r}: choose from {list(SPLITS)}")
+    _check_positive("--holdout", holdout)
+    data = canonical_data(data)
+    held = holdout or DEFAULT_HOLDOUT
+    sets = load_datasets(parse_data(data), space.img_size, num_classes=num_classes, seed=0,
+                         synthetic_size=(max(2048, held + 256), 512))  # as fitness_split draws the synthetic set
+    if sets.num_classes != num_classes:
+        raise ValueError(f"--data {data!r} has {sets.num_classes} classes, but the model has {num_classes}: "
+                         f"measure it on the data it was trained for")
+    if split == "val":
+        return MeasurementData(data, split, None, sets.val, None)
+    n = len(sets.train)
+    if not 1 <= held < n:
+        raise ValueError(f"--holdout {held}: expected an int in [1, {n - 1}] (the train set of {data!r} "
+                         f"has {n} images)")
+    rest, held_out = holdout_split(sets.train, held, HOLDOUT_SEED)
+    return MeasurementData(data, split, held, held_out, rest)
+
+
+@contextmanager
+def _progress(console: Console | None, description: str, total: int):
+    """track(iterable): the iterable, advancing a transient progress bar on `console` (nothing when it is None)."""
+    if console is None:
+        yield lambda iterable: iterable
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+
+        def track(iterable):
+            for item in iterable:
+                yield item
+                progress.advance(task)
+        yield track
+
+
+def _measure(model, dataset: Dataset, batch_size: int, device: torch.device, console: Console | None,
+             description: str, arch=None) -> float:
+    """top1 over `dataset`, in order, in batches of `batch_size`."""
+    loader = make_loader(dataset, batch_size, train=False)
+    with _progress(console, description, len(loader)) as track:
+        return top1(model, track(loader), device, arch)
+
+
+def _recorded(data: str, where: str) -> None:
+    """Check a --data value that comes from a file rather than the command line; the error says where it is from."""
+    try:
+        parse_data(data)
+    except ValueError as exc:
+        raise ValueError(f"{exc} ({where}; pass --data to give it)") from None
+
+
+def _trained_on(sets: MeasurementData, config: dict) -> bool | None:
+    """Whether the training run trained on (some of) the held-out images: it held out fewer or none (the draws
+    of the held-out split are nested: a smaller size takes the first images of a larger one). None when the
+    images are not from the run's data."""
+    try:
+        same_data = canonical_data(config.get("data") or "") == sets.data
+    except ValueError:  # no data recorded, or the run's data is no longer where it was
+        return None
+    return sets.holdout > (config.get("holdout") or 0) if same_data else None
+
+
+def _existing_export_files(folder: Path) -> list[str]:
+    return [name for name in (ARCH_FILE, WEIGHTS_FILE, META_FILE) if (folder / name).exists()]
+
+
+# ---------------------------------------------------------------------------------------------------- export
+
+def export_subnet(checkpoint: str | Path, arch_file: str | Path, out: str | Path, *, data: str | None = None,
+                  holdout: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, device: str = "auto",
+                  space: str | None = None, force: bool = False, console: Console | None = None) -> dict:
+    """Export the subnet `arch_file` of the supernet in `checkpoint` to the folder `out`; returns its meta.json.
+
+    `data` defaults to the training run's data and `holdout` to `default_holdout` of the run's config. The
+    inherited top-1 is measured on the supernet (after BatchNorm recalibration in a BatchNorm space), as evolution
+    measures fitness; the exported model holds the same weights and statistics, so `evaluate_export` reproduces it.
+    ValueError for user mistakes (missing or foreign files, an arch outside the checkpoint's space, bad options)."""
+    _check_positive("--batch-size", batch_size)
+    _check_positive("--holdout", holdout)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder")
+    existing = _existing_export_files(out) if out.is_dir() else []
+    if existing and not force:
+        raise ValueError(f"--out {str(out)!r} already holds an export ({', '.join(existing)}); pass --force to "
+                         f"replace it, or choose another folder")
+    dev = resolve_device(device)
+
+    trained = load_trained_supernet(checkpoint, space, dev)
+    try:
+        arch, _ = load_arch(arch_file, trained.space)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (checkpoint {str(checkpoint)!r} holds a supernet of space "
+                         f"{trained.space.name!r})") from None
+    if data is None:
+        data = trained.config.get("data")
+        if not data:
+            raise ValueError(f"checkpoint {str(checkpoint)!r} does not record its training data: pass --data")
+        _recorded(data, f"the training data recorded in checkpoint {str(checkpoint)!r}")
+    if holdout is None:
+        holdout = default_holdout(trained.config)
+    sets = load_measurement_data(data, "holdout", holdout, trained.space, trained.num_classes)
+    trained_on = _trained_on(sets, trained.config)
+
+    supernet = trained.supernet
+    recalibration = None
+    if trained.space.conv_norm == "bn":
+        calibration_batch = min(batch_size, len(sets.rest))
+        loader = make_loader(sets.rest, calibration_batch, train=True, seed=HOLDOUT_SEED)
+        batches = min(BN_RECALIBRATION_BATCHES, len(loader))
+        with _progress(console, "recalibrating BatchNorm", batches) as track:
+            recalibrate_batchnorm(supernet, arch, track(loader), dev, batches)
+        recalibration = {"batches": batches, "batch_size": calibration_batch, "images": batches * calibration_batch}
+    inherited = _measure(supernet, sets.images, batch_size, dev, console,
+                         f"inherited top-1 on {len(sets.images)} held-out images", arch)
+    model = supernet.export(arch).eval()
+    macs, params = arch_cost(arch, trained.space, trained.num_classes)
+    meta = {
+        "format": FORMAT,
+        "space": trained.space.name,
+        "space_ref": trained.space.ref or trained.space.name,
+        "space_hash": trained.space.hash,
+        "arch_hash": arch.hash,
+        "arch_file": str(Path(arch_file).resolve()),
+        "num_classes": trained.num_classes,
+        "img_size": trained.space.img_size,
+        "macs": macs,
+        "params": params,
+        "checkpoint": str(trained.path.resolve()),
+        "checkpoint_sha256": trained.sha256,
+        "checkpoint_weights": trained.weights,
+        "inherited_top1": inherited,
+        "measured": {"data": sets.data, "split": sets.split, "holdout": sets.holdout, "images": len(sets.images),
+                     "batch_size": batch_size, "device": dev.type, "bn_recalibration": recalibration,
+                     "trained_on": trained_on},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_exported(out, model, meta)
+    return meta
+
+
+# ---------------------------------------------------------------------------------------------------- eval
+
+def evaluate_export(folder: str | Path, *, data: str | None = None, split: str | None = None,
+                    holdout: int | None = None, batch_size: int | None = None, device: str = "auto",
+                    console: Console | None = None) -> dict:
+    """Top-1 of the standalone model of an export folder.
+
+    Unset options come from meta.json's `measured`: the same data, split, held-out size and batch size as the
+    export, so that the result equals `inherited_top1` (`difference` is their difference, or None when the
+    images measured are not the export's). A folder without that record defaults to the val split."""
+    _check_positive("--batch-size", batch_size)
+    _check_positive("--holdout", holdout)
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"--split {split!r}: choose from {list(SPLITS)}")
+    exported = read_exported(folder)
+    meta = exported.meta
+    recorded = meta.get("arch_hash")
+    if recorded is not None and recorded != exported.arch.hash:
+        raise ValueError(f"export folder {str(folder)!r}: {META_FILE} is about arch {recorded}, but {ARCH_FILE} "
+                         f"is arch {exported.arch.hash} (files of two exports mixed?)")
+    measured = meta.get("measured") or {}
+    split = split or measured.get("split") or "val"
+    if split == "val" and holdout is not None:
+        raise ValueError(f"--holdout {holdout}: applies to --split holdout only")
+    if split == "holdout" and holdout is None:
+        holdout = measured.get("holdout") if measured.get("split") == "holdout" else None
+        holdout = holdout or DEFAULT_HOLDOUT
+    if data is None:
+        data = measured.get("data")
+        if not data:
+            raise ValueError(f"export folder {str(folder)!r} does not record the data it was measured on: "
+                             f"pass --data")
+        _recorded(data, f"the data recorded in {str(Path(folder) / META_FILE)!r}")
+    batch_size = batch_size or measured.get("batch_size") or DEFAULT_BATCH_SIZE
+    dev = resolve_device(device)
+    num_classes = meta.get("num_classes") or exported.model.num_classes
+    sets = load_measurement_data(data, split, holdout, exported.space, num_classes)
+
+    model = exported.model.to(dev)
+    accuracy = _measure(model, sets.images, batch_size, dev, console,
+                        f"top-1 on {len(sets.images)} {'held-out' if split == 'holdout' else 'val'} images")
+    inherited = meta.get("inherited_top1")
+    same_images = (inherited is not None and measured.get("data") == sets.data and measured.get("split") == split
+                   and (split == "val" or measured.get("holdout") == sets.holdout))
+    return {
+        "folder": str(folder),
+        "arch_hash": exported.arch.hash,
+        "space": exported.space.name,
+        "data": sets.data,
+        "split": split,
+        "holdout": sets.holdout,
+        "images": len(sets.images),
+        "batch_size": batch_size,
+        "device": dev.type,
+        "top1": accuracy,
+        "inherited_top1": inherited,
+        "inherited_measured": measured or None,
+        "difference": accuracy - inherited if same_images else None,
+    }
+
+
+def format_points(value: float | None, signed: bool = False) -> str:
+    """A [0, 1] accuracy (or a difference of two) in percent, for tables; an em dash for None."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    return f"{100 * value:{'+' if signed else ''}.2f}" + ("" if signed else "%")
