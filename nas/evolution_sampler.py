@@ -78,14 +78,14 @@ def rank_key(trial: FrozenTrial) -> tuple:
 class EvolutionSampler(BaseGASampler):
     def __init__(self, space: SearchSpace, feasible: Callable[[Arch], bool], *, population: int = 50, topk: int = 10,
                  generations: int = 20, mutations: int = 25, mutation_prob: float = 0.1, crossovers: int = 25,
-                 objective: str = "top1", seed: int = 0, max_tries: int = 10, poll_s: float = 0.2):
+                 objective: str = "top1", seed: int = 0, max_tries: int = 100, poll_s: float = 0.2):
         super().__init__(population_size=population)
         if objective not in OBJECTIVES:
             raise ValueError(f"--objective {objective!r}: choose from {list(OBJECTIVES)}")
         self.space, self.feasible = space, feasible
         self.topk, self.generations, self.objective, self.seed = topk, generations, objective, seed
         self.mutations, self.mutation_prob, self.crossovers = mutations, mutation_prob, crossovers
-        self.max_tries = max_tries  # draws per wanted child (SPOS: 10x); random fill: max_tries x population
+        self.max_tries = max_tries  # draws per wanted arch: a tight budget rejects most random draws
         self.poll_s = poll_s
         self.distributions = genome_distributions(space)
         self._plans: dict[int, Plan] = {}
@@ -155,7 +155,9 @@ class EvolutionSampler(BaseGASampler):
         from their results)."""
         if generation not in self._plans:
             seen = {a.hash for g in range(generation) for a in self.plan(study, g).archs}
-            parents = [params_arch(self.space, t.params) for t in self.get_parent_population(study, generation)]
+            # In rank order: optuna returns them in selection order when it selects, in trial order when cached.
+            parents = [params_arch(self.space, t.params)
+                       for t in sorted(self.get_parent_population(study, generation), key=rank_key)]
             self._plans[generation] = self._draw(generation, parents, seen)
         return self._plans[generation]
 

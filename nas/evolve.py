@@ -103,10 +103,6 @@ def run_evolution(cfg: EvolveConfig, console: Console | None = None) -> SearchRe
     data = cfg.data or trained.config.get("data", "digits")
     holdout = cfg.holdout or default_holdout(trained.config)
     rest, held_out = fitness_split(data, holdout, space, num_classes)
-    if not trained.config.get("holdout"):
-        console.print(f"[yellow]note:[/] the supernet was trained on all of {data!r}'s train set, so the "
-                      f"{holdout} held-out images were seen in training; train it with --holdout {holdout} "
-                      "for an unbiased fitness")
     fitness = Fitness(trained.supernet, held_out, rest, cfg.batch_size, device)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -121,6 +117,10 @@ def run_evolution(cfg: EvolveConfig, console: Console | None = None) -> SearchRe
     if not sampler.plan(study, 0).archs:
         raise ValueError(f"no arch of space {space.name!r} within {_budget_text(cfg)} was found in "
                          f"{sampler.max_tries * cfg.population} random draws; raise the budget")
+    if not trained.config.get("holdout"):
+        console.print(f"[yellow]note:[/] the supernet was trained on all of {data!r}'s train set, so the "
+                      f"{holdout} held-out images were seen in training; train it with --holdout {holdout} "
+                      "for an unbiased fitness")
     done_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     console.print(f"search: space {space.name}, {_budget_text(cfg)}, objective {cfg.objective}, "
                   f"{cfg.generations} generations of {cfg.population}; fitness: top-1 on {holdout} held-out images "

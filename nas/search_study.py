@@ -2,6 +2,7 @@
 settings that every worker and every resume of it must share."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import optuna
@@ -10,6 +11,7 @@ from optuna.storages.journal import JournalFileBackend, JournalStorage
 
 DEFAULT_JOURNAL = "study.journal"
 SETTINGS_KEY = "nas:settings"
+SCHEMA_RACE_RETRIES = 3
 STORAGE_HELP = ("where the study lives: an RDB URL (sqlite:///search.db, postgresql://user:pass@host/db, "
                 "mysql+pymysql://...) or the path of an optuna journal file; default OUT/study.journal. Workers "
                 "that run the same command on one storage share the search; running it again resumes it")
@@ -25,10 +27,15 @@ def open_storage(url: str | None, out: Path) -> tuple[BaseStorage, str]:
         return JournalStorage(JournalFileBackend(str(path))), str(path)
     import sqlalchemy.exc
 
-    try:
-        return RDBStorage(url), url
-    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
-        raise ValueError(f"--storage {url!r}: cannot open it ({type(exc).__name__}: {exc})") from None
+    for attempt in range(SCHEMA_RACE_RETRIES + 1):
+        try:
+            return RDBStorage(url), url
+        except sqlalchemy.exc.OperationalError as exc:  # two workers creating the tables at once: one loses
+            if attempt == SCHEMA_RACE_RETRIES or "already exists" not in str(exc):
+                raise ValueError(f"--storage {url!r}: cannot open it ({exc.orig or exc})") from None
+            time.sleep(0.5)
+        except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
+            raise ValueError(f"--storage {url!r}: cannot open it ({type(exc).__name__}: {exc})") from None
 
 
 def open_study(storage: BaseStorage, name: str, sampler: optuna.samplers.BaseSampler, directions: list[str],

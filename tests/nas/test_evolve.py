@@ -1,0 +1,272 @@
+"""`nas evolve`: candidates respect the budget, no arch is evaluated twice (one process, a resume after a kill,
+two workers on a journal file and on SQLite), a resumed search ends like an uninterrupted one, the outputs are
+right, and user mistakes are one error line with status 2."""
+import csv
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+from rich.console import Console
+
+from nas.cli import main
+from nas.cost_model import arch_cost, extreme_arch
+from nas.evolution_sampler import CLAIM_KEY, WORKER_KEY
+from nas.evolve import EvolveConfig, run_evolution
+from nas.search_report import pareto_front
+from nas.search_study import open_storage
+from nas.train_config import TrainConfig
+from nas.train_supernet import train_supernet
+from search_spaces import load_arch, load_space
+from tests.conftest import enumerate_archs
+
+ROOT = Path(__file__).resolve().parents[2]
+BUDGET = 8_000_000  # about a third of tiny-32's random archs fit
+SMALL = dict(population=6, topk=3, generations=3, mutations=3, crossovers=3, holdout=120, batch_size=120,
+             device="cpu", poll_s=0.05)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread is as fast and does not fight the other pytest-xdist worker."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A real train-supernet checkpoint of tiny-32 after a few SPOS steps on digits."""
+    out = tmp_path_factory.mktemp("supernet")
+    cfg = TrainConfig(epochs=1, batch_size=16, stop_after=3, eval_random=0, out=str(out), device="cpu")
+    train_supernet(cfg, console=Console(file=io.StringIO()))
+    return out / "checkpoint.pt"
+
+
+def search(checkpoint: Path, out: Path, **options):
+    cfg = EvolveConfig(supernet=str(checkpoint), out=str(out), **{**SMALL, "flops": BUDGET, **options})
+    return run_evolution(cfg, console=Console(file=io.StringIO(), width=120))
+
+
+def completed(storage: str | None, out: Path, study: str = "evolve") -> list:
+    storage, _ = open_storage(storage, out)
+    return optuna.load_study(study_name=study, storage=storage).get_trials(states=(TrialState.COMPLETE,))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    return search(checkpoint, out), out
+
+
+def test_budget_is_never_exceeded_and_no_arch_is_evaluated_twice(uninterrupted):
+    result, out = uninterrupted
+    space = load_space("tiny-32")
+    trials = completed(None, out)
+    hashes = [t.system_attrs[CLAIM_KEY] for t in trials]
+    assert len(hashes) == len(set(hashes)) == result.evaluated_here == len(result.rows) == 3 * 6
+    for row in result.rows:
+        macs, _ = arch_cost(row.arch, space, 10)
+        assert macs == row.macs <= BUDGET
+    assert all(t.constraints["macs"] <= 0 for t in trials)  # what optuna's feasibility checks read
+    assert [r.top1 for r in result.rows] == sorted((r.top1 for r in result.rows), reverse=True)
+
+
+def test_outputs(uninterrupted):
+    result, out = uninterrupted
+    with (out / "candidates.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(result.rows)
+    assert {r["arch"] for r in rows} == {c.arch.hash for c in result.rows}
+    assert max(float(r["top1"]) for r in rows) == pytest.approx(result.best.top1, abs=1e-6)
+    best, _ = load_arch(out / "best.yaml")
+    assert best == result.best.arch
+    assert (out / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    front = {c.arch.hash for c in pareto_front(result.rows)}
+    assert {r["arch"] for r in rows if r["on_front"] == "1"} == front
+    for c in result.rows:  # nothing on the front is beaten on both axes
+        if c.arch.hash in front:
+            assert not any(o.top1 > c.top1 and o.macs < c.macs for o in result.rows)
+
+
+def test_generations_take_parents_from_the_best(uninterrupted, checkpoint):
+    """Later generations hold children of the top-k: on average they share more genes with the parents than
+    random archs do (each gene is kept with probability 0.9 by a mutation, 0.5+ by a crossover)."""
+    result, out = uninterrupted
+    space = load_space("tiny-32")
+    by_generation = {}
+    for c in result.rows:
+        by_generation.setdefault(c.generation, []).append(c)
+    assert sorted(by_generation) == [0, 1, 2] and all(len(v) == 6 for v in by_generation.values())
+    parents = sorted(by_generation[0], key=lambda c: (-c.top1, c.macs, c.arch.hash))[:3]
+
+    def closeness(c) -> int:
+        genome = space.encode(c.arch)
+        return max(sum(a == b for a, b in zip(genome, space.encode(p.arch))) for p in parents)
+
+    children = [closeness(c) for c in by_generation[1] if c.arch not in {p.arch for p in parents}]
+    strangers = [closeness(c) for c in by_generation[0] if c not in parents]
+    assert sum(children) / len(children) > sum(strangers) / len(strangers)
+
+
+def test_an_interrupted_search_resumes_to_the_same_result(checkpoint, uninterrupted, tmp_path, monkeypatch):
+    """An exception inside an evaluation (here: the 8th) fails that trial; running again finishes the search
+    with the same candidates and the same best arch, and evaluates the failed arch once more only."""
+    import nas.fitness
+
+    calls, original = {"n": 0}, nas.fitness.Fitness.__call__
+
+    def flaky(self, arch):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return original(self, arch)
+
+    monkeypatch.setattr(nas.fitness.Fitness, "__call__", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        search(checkpoint, tmp_path)
+    monkeypatch.setattr(nas.fitness.Fitness, "__call__", original)
+    result = search(checkpoint, tmp_path)
+    assert result.evaluated_here == 18 - 7
+    reference, _ = uninterrupted
+    assert result.best.arch == reference.best.arch
+    assert [(c.arch, c.top1) for c in result.rows] == [(c.arch, c.top1) for c in reference.rows]
+
+
+WORKER = """\
+import sys, time
+import nas.fitness
+original = nas.fitness.Fitness.__call__
+def slow(self, arch):  # slow enough that the workers overlap and a kill lands mid-search
+    time.sleep(float(sys.argv[1]))
+    return original(self, arch)
+nas.fitness.Fitness.__call__ = slow
+from nas.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def worker(checkpoint: Path, out: Path, delay: float, *extra: str) -> subprocess.Popen:
+    argv = ["evolve", "--supernet", str(checkpoint), "--flops", str(BUDGET), "--out", str(out), *extra]
+    for key, value in SMALL.items():
+        if key != "poll_s":
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", WORKER, str(delay), *argv], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_killed_search_resumes_to_the_same_best(checkpoint, uninterrupted, tmp_path):
+    """SIGKILL mid-evaluation leaves a RUNNING trial; the next run on this host fails it (its process is gone),
+    plans the same generations and ends with the same best arch and the same candidates."""
+    process = worker(checkpoint, tmp_path, 0.3)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (tmp_path / "study.journal").exists() and len(completed(None, tmp_path)) >= 5:
+            break
+        time.sleep(0.1)
+    assert process.poll() is None, process.communicate()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = len(completed(None, tmp_path))
+    assert 5 <= done_before < 18
+    result = search(checkpoint, tmp_path)
+    assert result.events["failed_dead_trials"] in (0, 1)  # 0 if the kill fell between two trials
+    assert result.evaluated_here == 18 - done_before
+    reference, _ = uninterrupted
+    assert result.best.arch == reference.best.arch
+    assert sorted(c.arch.hash for c in result.rows) == sorted(c.arch.hash for c in reference.rows)
+
+
+@pytest.mark.parametrize("backend", ["journal", "sqlite"])
+def test_two_workers_share_one_study_without_duplicates(checkpoint, uninterrupted, tmp_path, backend):
+    storage = f"sqlite:///{tmp_path / 'search.db'}" if backend == "sqlite" else str(tmp_path / "shared.journal")
+    processes = [worker(checkpoint, tmp_path / f"worker{i}", 0.2, "--storage", storage) for i in range(2)]
+    for p in processes:
+        stdout, stderr = p.communicate(timeout=300)
+        assert p.returncode == 0, stderr
+    trials = completed(storage, tmp_path)
+    hashes = [t.system_attrs[CLAIM_KEY] for t in trials]
+    assert len(hashes) == len(set(hashes)) == 18
+    assert len({t.system_attrs[WORKER_KEY][1] for t in trials}) == 2  # both workers evaluated some
+    reference, _ = uninterrupted
+    assert sorted(hashes) == sorted(c.arch.hash for c in reference.rows)  # the same plans as one worker
+    for i in range(2):  # both report the finished search
+        assert load_arch(tmp_path / f"worker{i}" / "best.yaml")[0] == reference.best.arch
+
+
+def test_pareto_objective_reports_the_front(checkpoint, tmp_path):
+    result = search(checkpoint, tmp_path, objective="pareto", flops=None)
+    study = optuna.load_study(study_name="evolve", storage=open_storage(None, tmp_path)[0])
+    assert len(study.directions) == 2
+    optuna_front = {t.system_attrs[CLAIM_KEY] for t in study.best_trials}
+    assert {c.arch.hash for c in result.rows if c.on_front} <= optuna_front  # optuna keeps ties on both axes
+    assert len({c.arch.hash for c in result.rows}) == len(result.rows) == 18
+
+
+def test_a_budget_that_admits_few_archs_ends_the_search_early(tiny_space_dir, tmp_path):
+    """When no unseen arch fits, the plan is empty and the search stops: all candidates fit, none is repeated."""
+    space_file = str(tiny_space_dir / "tiny-enum.yaml")
+    space = load_space(space_file)
+    cfg = TrainConfig(space=space_file, epochs=1, batch_size=16, stop_after=1, eval_random=0, out=str(tmp_path / "s"),
+                      device="cpu")
+    train_supernet(cfg, console=Console(file=io.StringIO()))
+    costs = sorted(arch_cost(a, space, 10)[0] for a in enumerate_archs(space))
+    budget = costs[5]  # 6 archs fit, or a few more on ties
+    fits = sum(c <= budget for c in costs)
+    result = search(tmp_path / "s" / "checkpoint.pt", tmp_path, flops=budget, population=4, generations=6)
+    assert all(c.macs <= budget for c in result.rows)
+    assert len({c.arch for c in result.rows}) == len(result.rows) <= fits < 4 * 6
+
+
+def test_resuming_with_other_settings_is_refused(checkpoint, uninterrupted, capsys):
+    _, out = uninterrupted
+    status = main(["evolve", "--supernet", str(checkpoint), "--flops", "7M", "--out", str(out), "--holdout", "120"])
+    err = capsys.readouterr().err
+    assert status == 2 and "other settings" in err and "flops 8000000 (now 7000000)" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--flops", "4X"], "--flops: '4X': expected a positive count"),
+    (["--flops", "0"], "expected a positive count"),
+    (["--flops=-1G"], "expected a positive count"),
+    (["--params", "lots"], "--params: 'lots'"),
+    (["--flops", "100K"], "below the smallest arch of space 'tiny-32': 2"),
+    (["--params", "1K"], "below the smallest arch of space 'tiny-32'"),
+    (["--flops", "8M", "--holdout", "5000"], "--holdout 5000: expected an int in [1, 1436]"),
+    (["--flops", "8M", "--population", "0"], "--population must be an int >= 1"),
+    (["--flops", "8M", "--mutation-prob", "1.5"], "--mutation-prob must be in [0, 1]"),
+    (["--flops", "8M", "--storage", "nosuchdb://x"], "--storage 'nosuchdb://x': cannot open it"),
+])
+def test_bad_input_is_one_error_line(checkpoint, tmp_path, capsys, argv, message):
+    status = main(["evolve", "--supernet", str(checkpoint), "--out", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err  # nothing printed before it
+
+
+def test_a_missing_checkpoint_is_one_error_line(tmp_path, capsys):
+    assert main(["evolve", "--supernet", str(tmp_path / "none.pt"), "--flops", "8M"]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and err.count("\n") == 1
+
+
+def test_json_prints_the_best(uninterrupted, checkpoint, capsys):
+    """Running a finished search again evaluates nothing and reports the same best."""
+    result, out = uninterrupted
+    argv = ["evolve", "--supernet", str(checkpoint), "--flops", str(BUDGET), "--out", str(out), "--json"]
+    for key, value in SMALL.items():
+        if key != "poll_s":
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+    assert main(argv) == 0
+    best = yaml.safe_load(capsys.readouterr().out)  # JSON is YAML
+    assert best["arch"] == result.best.arch.hash and best["candidates"] == 18
