@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import yaml
@@ -67,7 +68,7 @@ class Arch:
             stages.append(d)
         return {"space": self.space, "stages": stages}
 
-    @property
+    @cached_property  # searches look it up for every candidate, many times over
     def hash(self) -> str:
         """Stable hash of the canonical genes (unlike Python's hash, the same in every process).
 
