@@ -21,9 +21,9 @@ from torch.utils.data import Dataset
 
 from nas.cost_model import arch_cost
 from nas.data import holdout_split, load_datasets, make_loader, parse_data
-from nas.evaluate import recalibrate_batchnorm, top1
+from nas.evaluate import top1
 from nas.exported_model import ARCH_FILE, META_FILE, WEIGHTS_FILE, read_exported, write_exported
-from nas.train_supernet import BN_RECALIBRATION_BATCHES
+from nas.fitness import Fitness
 from nas.trained_supernet import DEFAULT_HOLDOUT, HOLDOUT_SEED, default_holdout, load_trained_supernet
 from search_spaces import SearchSpace, load_arch
 
@@ -180,16 +180,10 @@ def export_subnet(checkpoint: str | Path, arch_file: str | Path, out: str | Path
     trained_on = _trained_on(sets, trained.config)
 
     supernet = trained.supernet
-    recalibration = None
-    if trained.space.conv_norm == "bn":
-        calibration_batch = min(batch_size, len(sets.rest))
-        loader = make_loader(sets.rest, calibration_batch, train=True, seed=HOLDOUT_SEED)
-        batches = min(BN_RECALIBRATION_BATCHES, len(loader))
-        with _progress(console, "recalibrating BatchNorm", batches) as track:
-            recalibrate_batchnorm(supernet, arch, track(loader), dev, batches)
-        recalibration = {"batches": batches, "batch_size": calibration_batch, "images": batches * calibration_batch}
-    inherited = _measure(supernet, sets.images, batch_size, dev, console,
-                         f"inherited top-1 on {len(sets.images)} held-out images", arch)
+    fitness = Fitness(supernet, sets.images, sets.rest, batch_size, dev)  # exactly what `nas evolve` measures
+    with _progress(console, f"inherited top-1 on {len(sets.images)} held-out images", None):
+        inherited = fitness(arch)
+    recalibration = fitness.recalibration
     model = supernet.export(arch).eval()
     macs, params = arch_cost(arch, trained.space, trained.num_classes)
     meta = {

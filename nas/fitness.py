@@ -33,6 +33,15 @@ class Fitness:
         self.calibration = (make_loader(rest, min(batch_size, len(rest)), train=True, seed=0)
                             if self.uses_batchnorm else None)
 
+    @property
+    def recalibration(self) -> dict | None:
+        """How BatchNorm statistics are recomputed before each measurement (None: no BatchNorm)."""
+        if self.calibration is None:
+            return None
+        batches = min(BN_RECALIBRATION_BATCHES, len(self.calibration))
+        size = self.calibration.batch_sampler.batch_size
+        return {"batches": batches, "batch_size": size, "images": batches * size}
+
     def __call__(self, arch: Arch) -> float:
         start = time.perf_counter()
         if self.uses_batchnorm:
