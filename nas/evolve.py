@@ -118,9 +118,9 @@ def run_evolution(cfg: EvolveConfig, console: Console | None = None) -> SearchRe
         raise ValueError(f"no arch of space {space.name!r} within {_budget_text(cfg)} was found in "
                          f"{sampler.max_tries * cfg.population} random draws; raise the budget")
     if not trained.config.get("holdout"):
-        console.print(f"[yellow]note:[/] the supernet was trained on all of {data!r}'s train set, so the "
-                      f"{holdout} held-out images were seen in training; train it with --holdout {holdout} "
-                      "for an unbiased fitness")
+        console.print(f"[yellow]note:[/] the supernet was trained on every train image of {data}, the "
+                      f"{holdout} held out here included; train it with --holdout {holdout} for an unbiased "
+                      "fitness")
     done_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     console.print(f"search: space {space.name}, {_budget_text(cfg)}, objective {cfg.objective}, "
                   f"{cfg.generations} generations of {cfg.population}; fitness: top-1 on {holdout} held-out images "
