@@ -38,7 +38,8 @@ from search_spaces import Arch, SearchSpace
 
 OBJECTIVES = ("top1", "pareto")
 CLAIM_KEY = "nas:arch"  # trial system attribute: hash of the arch the trial evaluates (None after a withdrawal)
-WORKER_KEY = "nas:worker"  # trial system attribute: [host, pid, process start time] of the worker
+WORKER_KEY = "nas:worker"  # trial system attribute: the worker's identity (`worker_identity`)
+REAP_EVERY_S = 10.0  # how often a waiting worker looks for trials of dead workers
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class EvolutionSampler(BaseGASampler):
         self.distributions = genome_distributions(space)
         self._plans: dict[int, Plan] = {}
         self._claims: dict[int, Arch] = {}  # trial number -> the arch this process's trial claimed
+        self._last_reap = time.monotonic()
         self._jitter = np.random.default_rng()  # only decides which free arch a contested worker tries next
 
     # ---- optuna's sampler interface ----------------------------------------------------------
@@ -107,7 +109,7 @@ class EvolutionSampler(BaseGASampler):
             if progress.plan is None:
                 return {}
             if not progress.free:
-                time.sleep(self.poll_s)
+                self.wait(study)
                 continue
             free = progress.free
             arch = free[trial.number % len(free)] if first else free[self._jitter.integers(len(free))]
@@ -120,6 +122,15 @@ class EvolutionSampler(BaseGASampler):
             storage.set_trial_system_attr(trial._trial_id, CLAIM_KEY, None)
             time.sleep(self._jitter.uniform(0, self.poll_s))
 
+    def wait(self, study: optuna.Study) -> None:
+        """Sleep while other workers hold the rest of a generation; now and then fail the trials of workers
+        that died meanwhile, which would otherwise hold their archs forever."""
+        now = time.monotonic()
+        if now - self._last_reap >= REAP_EVERY_S:
+            self._last_reap = now
+            fail_dead_local_trials(study)
+        time.sleep(self.poll_s)
+
     def claimed(self, trial_number: int) -> Arch | None:
         """The arch a trial asked in this process claimed; None if the search was over when it was asked."""
         return self._claims.pop(trial_number, None)
@@ -129,9 +140,11 @@ class EvolutionSampler(BaseGASampler):
                            f"{self.space.name!r}")
 
     def select_parent(self, study: optuna.Study, generation: int) -> list[FrozenTrial]:
+        study._thread_local.cached_all_trials = None  # optuna's trial cache lives until the next ask/tell
         pool = self.get_population(study, generation - 1) + self.get_parent_population(study, generation - 1)
+        pool.sort(key=rank_key)  # NSGA-II's crowding sort keeps input order on ties: make it the same everywhere
         if self.objective == "top1":
-            return sorted(pool, key=rank_key)[:self.topk]
+            return pool[:self.topk]
         return NSGAIIElitePopulationSelectionStrategy(population_size=self.population_size)(study, pool)
 
     # ---- the generations ---------------------------------------------------------------------
@@ -155,7 +168,8 @@ class EvolutionSampler(BaseGASampler):
         from their results)."""
         if generation not in self._plans:
             seen = {a.hash for g in range(generation) for a in self.plan(study, g).archs}
-            # In rank order: optuna returns them in selection order when it selects, in trial order when cached.
+            self.get_parent_population(study, generation)  # selects and stores them, unless stored already
+            # Read back what is stored (of two workers selecting at once, the storage keeps one), in rank order.
             parents = [params_arch(self.space, t.params)
                        for t in sorted(self.get_parent_population(study, generation), key=rank_key)]
             self._plans[generation] = self._draw(generation, parents, seen)
@@ -208,8 +222,17 @@ def _or_none(operator, *args) -> Arch | None:
 # ---- workers ---------------------------------------------------------------------------------
 
 def worker_identity() -> list:
-    """[host, pid, start time of the process]: the start time tells a live process from a reused pid."""
-    return [socket.gethostname(), os.getpid(), _process_start(os.getpid())]
+    """[host, pid space, pid, process start time]. The pid space (boot id and pid namespace) says whether
+    this process can see that pid at all; the start time tells a live process from a reused pid."""
+    return [socket.gethostname(), _pid_space(), os.getpid(), _process_start(os.getpid())]
+
+
+def _pid_space() -> str:
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
 
 
 def _process_start(pid: int) -> str | None:
@@ -219,23 +242,33 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
-def _alive(pid: int, start: str | None) -> bool:
+def _dead(worker: list) -> bool:
+    """Whether a worker is known to be gone. Only a process of this host can be judged: of this boot and pid
+    namespace (by its pid and start time), or of an earlier boot (gone with it)."""
+    host, space, pid, start = worker
+    if host != socket.gethostname() or not space:
+        return False
+    mine = _pid_space()
+    if space != mine:
+        return space.split(":")[0] != mine.split(":")[0]  # another boot: dead; another namespace: cannot tell
+    if worker == worker_identity():
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
-    except PermissionError:  # a process of another user holds the pid: not ours
-        return start is None
-    return start is None or _process_start(pid) == start
+        return True
+    except PermissionError:  # another user's process holds the pid now
+        return start is not None
+    return start is not None and _process_start(pid) != start
 
 
 def fail_dead_local_trials(study: optuna.Study) -> int:
-    """Mark FAIL the RUNNING trials whose worker was a process of this host that is gone (a crash or a kill);
-    their archs go back to the plan. Trials of other hosts are left alone. Returns how many were failed."""
-    host, failed = socket.gethostname(), 0
+    """Mark FAIL the RUNNING trials whose worker is known to be gone (a crash or a kill on this host); their
+    archs go back to the plan. Trials of other hosts are left alone. Returns how many were failed."""
+    failed = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = t.system_attrs.get(WORKER_KEY)
-        if worker and worker[0] == host and worker[1] != os.getpid() and not _alive(worker[1], worker[2]):
+        if worker and len(worker) == 4 and _dead(worker):
             study._storage.set_trial_system_attr(t._trial_id, "fail_reason", "its worker process died")
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             failed += 1

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nas.cost_model import arch_cost, extreme_arch
-from nas.evolution_sampler import (CLAIM_KEY, OBJECTIVES, EvolutionSampler, fail_dead_local_trials,
+from nas.evolution_sampler import (CLAIM_KEY, OBJECTIVES, WORKER_KEY, EvolutionSampler, fail_dead_local_trials,
                                    params_arch)
 from nas.fitness import Fitness
 from nas.search_report import Candidate, candidates, print_table, write_outputs
@@ -27,6 +27,8 @@ from nas.search_study import open_storage, open_study
 from nas.trained_supernet import default_holdout, fitness_split, load_trained_supernet
 from nas.units import human
 from search_spaces import Arch
+
+WAIT_NOTICE_S = 60.0  # a worker that waits this long on others says on which trials
 
 
 @dataclass
@@ -58,6 +60,11 @@ class EvolveConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"--{name.replace('_', '-')} must be an int >= {low}, got {value!r}")
+        if self.mutations + self.crossovers > self.population:
+            raise ValueError(f"--mutations + --crossovers ({self.mutations} + {self.crossovers}) must be at most "
+                             f"--population ({self.population}): they are part of each generation")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"--seed must be an int >= 0, got {self.seed!r}")
         if not 0 <= self.mutation_prob <= 1:
             raise ValueError(f"--mutation-prob must be in [0, 1], got {self.mutation_prob}")
         if self.objective not in OBJECTIVES:
@@ -128,7 +135,7 @@ def run_evolution(cfg: EvolveConfig, console: Console | None = None) -> SearchRe
                   + (f" (resuming: {done_before} candidates done)" if done_before else ""))
 
     out.mkdir(parents=True, exist_ok=True)
-    start, evaluated = time.perf_counter(), 0
+    start, evaluated, waiting_since, told = time.perf_counter(), 0, None, False
     with _GenerationBars(console, sampler, cfg.generations) as bars:
         while True:
             progress = sampler.progress(study)
@@ -136,17 +143,23 @@ def run_evolution(cfg: EvolveConfig, console: Console | None = None) -> SearchRe
             if progress.plan is None:
                 break
             if not progress.free:  # other workers hold the rest of this generation
-                time.sleep(cfg.poll_s)
+                waiting_since = waiting_since or time.monotonic()
+                if time.monotonic() - waiting_since > WAIT_NOTICE_S and not told:
+                    told = True
+                    console.print(f"waiting for other workers to finish generation {progress.generation}: "
+                                  f"{_running(study)}")
+                sampler.wait(study)
                 continue
+            waiting_since, told = None, False
             trial = study.ask()
-            trial.relative_params  # optuna samples lazily: this runs the sampler, which claims an arch
-            arch = sampler.claimed(trial.number)
-            if arch is None:  # the search ended between the check and the ask
-                study.tell(trial, state=TrialState.FAIL)
-                continue
             try:
+                trial.relative_params  # optuna samples lazily: this runs the sampler, which claims an arch
+                arch = sampler.claimed(trial.number)
+                if arch is None:  # the search ended between the check and the ask
+                    study.tell(trial, state=TrialState.FAIL)
+                    continue
                 values = _evaluate(trial, arch, sampler, cost, feasible, fitness, cfg)
-            except BaseException:
+            except BaseException:  # Ctrl-C included: never leave a RUNNING trial that holds a claim
                 study.tell(trial, state=TrialState.FAIL)
                 raise
             study.tell(trial, values)
@@ -179,6 +192,13 @@ def _evaluate(trial: optuna.Trial, arch: Arch, sampler: EvolutionSampler, cost, 
         trial.set_constraint("params", params - cfg.params)
     top1 = fitness(arch)
     return [top1] if cfg.objective == "top1" else [top1, macs]
+
+
+def _running(study: optuna.Study) -> str:
+    """The running trials and their workers, for a worker that waits on them."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return ", ".join(f"trial {t.number} ({t.system_attrs.get(WORKER_KEY, ['?'])[0]}, pid "
+                     f"{(t.system_attrs.get(WORKER_KEY) or [None] * 3)[2]})" for t in running) or "none"
 
 
 def _check_budgets(cfg: EvolveConfig, space, num_classes: int) -> None:

@@ -118,6 +118,45 @@ def test_generations_take_parents_from_the_best(uninterrupted, checkpoint):
     assert sum(children) / len(children) > sum(strangers) / len(strangers)
 
 
+def test_parents_are_the_topk_of_everything_before(uninterrupted):
+    """SPOS keeps the best: the stored parents of generation g are the top-k (by top-1, then MACs, then hash)
+    of every candidate of the generations before g."""
+    result, out = uninterrupted
+    storage, _ = open_storage(None, out)
+    study = optuna.load_study(study_name="evolve", storage=storage)
+    stored = storage.get_study_system_attrs(study._study_id)
+    by_number = {c.trial: c for c in result.rows}
+    for g in (1, 2):
+        earlier = sorted((c for c in result.rows if c.generation < g), key=lambda c: (-c.top1, c.macs, c.arch.hash))
+        parents = {by_number[study.trials[i].number].arch for i in stored[f"EvolutionSampler:parent:{g}"]}
+        assert parents == {c.arch for c in earlier[:3]}
+
+
+def test_dead_workers_of_this_host_are_failed_and_others_left_alone(tmp_path):
+    from nas.evolution_sampler import fail_dead_local_trials, worker_identity
+
+    storage, _ = open_storage(None, tmp_path)
+    study = optuna.create_study(storage=storage, study_name="s")
+    host, space, pid, start = worker_identity()
+    other_boot = "0" * 36 + ":" + space.split(":")[1]
+    identities = {
+        "me": [host, space, pid, start],  # this very process: alive
+        "reused pid": [host, space, pid, "1"],  # our pid, another start time: a dead earlier process
+        "no such pid": [host, space, 2 ** 22 + 1, "1"],  # beyond pid_max
+        "earlier boot": [host, other_boot, 1, "1"],
+        "other host": ["elsewhere", space, 2 ** 22 + 1, "1"],  # cannot be judged from here
+    }
+    numbers = {}
+    for name, identity in identities.items():
+        trial = study.ask()
+        storage.set_trial_system_attr(trial._trial_id, WORKER_KEY, identity)
+        numbers[name] = trial.number
+    assert fail_dead_local_trials(study) == 3
+    states = {name: study.trials[n].state for name, n in numbers.items()}
+    assert states == {"me": TrialState.RUNNING, "reused pid": TrialState.FAIL, "no such pid": TrialState.FAIL,
+                      "earlier boot": TrialState.FAIL, "other host": TrialState.RUNNING}
+
+
 def test_an_interrupted_search_resumes_to_the_same_result(checkpoint, uninterrupted, tmp_path, monkeypatch):
     """An exception inside an evaluation (here: the 8th) fails that trial; running again finishes the search
     with the same candidates and the same best arch, and evaluates the failed arch once more only."""
@@ -190,14 +229,15 @@ def test_a_killed_search_resumes_to_the_same_best(checkpoint, uninterrupted, tmp
 @pytest.mark.parametrize("backend", ["journal", "sqlite"])
 def test_two_workers_share_one_study_without_duplicates(checkpoint, uninterrupted, tmp_path, backend):
     storage = f"sqlite:///{tmp_path / 'search.db'}" if backend == "sqlite" else str(tmp_path / "shared.journal")
-    processes = [worker(checkpoint, tmp_path / f"worker{i}", 0.2, "--storage", storage) for i in range(2)]
+    # 0.5 s per evaluation: the search outlasts a worker's start-up (a few seconds), so both take part
+    processes = [worker(checkpoint, tmp_path / f"worker{i}", 0.5, "--storage", storage) for i in range(2)]
     for p in processes:
         stdout, stderr = p.communicate(timeout=300)
         assert p.returncode == 0, stderr
     trials = completed(storage, tmp_path)
     hashes = [t.system_attrs[CLAIM_KEY] for t in trials]
     assert len(hashes) == len(set(hashes)) == 18
-    assert len({t.system_attrs[WORKER_KEY][1] for t in trials}) == 2  # both workers evaluated some
+    assert len({t.system_attrs[WORKER_KEY][2] for t in trials}) == 2  # both workers (pids) evaluated some
     reference, _ = uninterrupted
     assert sorted(hashes) == sorted(c.arch.hash for c in reference.rows)  # the same plans as one worker
     for i in range(2):  # both report the finished search
@@ -223,7 +263,8 @@ def test_a_budget_that_admits_few_archs_ends_the_search_early(tiny_space_dir, tm
     costs = sorted(arch_cost(a, space, 10)[0] for a in enumerate_archs(space))
     budget = costs[5]  # 6 archs fit, or a few more on ties
     fits = sum(c <= budget for c in costs)
-    result = search(tmp_path / "s" / "checkpoint.pt", tmp_path, flops=budget, population=4, generations=6)
+    result = search(tmp_path / "s" / "checkpoint.pt", tmp_path, flops=budget, population=4, mutations=2,
+                    crossovers=2, generations=6)
     assert all(c.macs <= budget for c in result.rows)
     assert len({c.arch for c in result.rows}) == len(result.rows) <= fits < 4 * 6
 
@@ -245,6 +286,8 @@ def test_resuming_with_other_settings_is_refused(checkpoint, uninterrupted, caps
     (["--flops", "8M", "--holdout", "5000"], "--holdout 5000: expected an int in [1, 1436]"),
     (["--flops", "8M", "--population", "0"], "--population must be an int >= 1"),
     (["--flops", "8M", "--mutation-prob", "1.5"], "--mutation-prob must be in [0, 1]"),
+    (["--flops", "8M", "--population", "20"], "--mutations + --crossovers (25 + 25) must be at most --population"),
+    (["--flops", "8M", "--seed", "-1"], "--seed must be an int >= 0"),
     (["--flops", "8M", "--storage", "nosuchdb://x"], "--storage 'nosuchdb://x': cannot open it"),
 ])
 def test_bad_input_is_one_error_line(checkpoint, tmp_path, capsys, argv, message):
