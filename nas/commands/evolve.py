@@ -49,15 +49,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add("--objective", choices=("top1", "pareto"), default="top1",
         help="top1: the most accurate subnet within the budget (SPOS, default); pareto: NSGA-II on top-1 and "
              "MACs, reporting the whole accuracy-MACs front within the budget")
-    add("--population", type=int, default=50, help="candidates per generation (default %(default)s)")
-    add("--topk", type=int, default=10, help="parents kept for the next generation (default %(default)s; "
+    add("--population", type=int, metavar="N", default=50, help="candidates per generation (default %(default)s)")
+    add("--topk", type=int, metavar="N", default=10, help="parents kept for the next generation (default %(default)s; "
                                              "with --objective pareto the NSGA-II elite is --population)")
-    add("--generations", type=int, default=20, help="generations, including the random first one (default "
+    add("--generations", type=int, metavar="N", default=20, help="generations, including the random first one (default "
                                                     "%(default)s; a finished search resumed with more continues)")
-    add("--mutations", type=int, default=25, help="mutated children per generation (default %(default)s)")
-    add("--mutation-prob", type=float, default=0.1, help="probability to redraw each gene (default %(default)s)")
-    add("--crossovers", type=int, default=25, help="children of two parents per generation (default %(default)s)")
-    add("--seed", type=int, default=0, help="seed of the plans: (seed, generation) fixes a generation's "
+    add("--mutations", type=int, metavar="N", default=25, help="mutated children per generation; with --crossovers at most --population "
+                                               "(default %(default)s)")
+    add("--mutation-prob", type=float, metavar="P", default=0.1, help="probability to redraw each gene (default %(default)s)")
+    add("--crossovers", type=int, metavar="N", default=25, help="children of two parents per generation (default %(default)s)")
+    add("--seed", type=int, metavar="N", default=0, help="seed of the plans: (seed, generation) fixes a generation's "
                                             "candidates given its parents (default %(default)s)")
     add("--out", default="runs/evolve", metavar="DIR", help="output folder (default %(default)s)")
     add("--storage", metavar="URL", help=STORAGE_HELP)
@@ -66,7 +67,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add("--data", metavar="SOURCE", help=f"{DATA_HELP}; default: the data the supernet was trained on")
     add("--holdout", type=int, metavar="N", help="images held out of the train set to rank subnets (a fixed "
                                                  "split); default: the supernet run's --holdout, else 1000")
-    add("--batch-size", type=int, default=250, help="images per forward pass (default %(default)s)")
+    add("--batch-size", type=int, metavar="N", default=250, help="images per forward pass (default %(default)s)")
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if available (default)")
     add("--json", action="store_true", help="also print the best candidate as one JSON object on stdout")
     parser.set_defaults(func=run)
