@@ -229,7 +229,7 @@ class _GenerationBars:
 
     def __init__(self, console: Console, sampler: EvolutionSampler, generations: int):
         self.sampler, self.generations, self.tasks = sampler, generations, {}
-        self.progress = Progress(TextColumn("gen {task.fields[gen]:>3}/{task.fields[of]}"), BarColumn(),
+        self.progress = Progress(TextColumn("gen {task.fields[gen]:>2} of {task.fields[of]}"), BarColumn(),
                                  MofNCompleteColumn(),
                                  TextColumn("best {task.fields[best]}  mean {task.fields[mean]}  evaluated "
                                             "{task.fields[evaluated]}  rejected {task.fields[rejected]}"),
@@ -243,19 +243,21 @@ class _GenerationBars:
         return self.progress.__exit__(*exc)
 
     def update(self, study: optuna.Study, progress) -> None:
+        """Bar g: its share of the plan done, the best so far up to g, the mean of g, counts up to g."""
         key = self.sampler._get_generation_key()
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         scored = [(t.system_attrs.get(key), t.values[0]) for t in complete if t.system_attrs.get(CLAIM_KEY)]
-        best = max((v for _, v in scored), default=None)
-        last = min(progress.generation, self.generations - 1)
-        for g in range(last + 1):
+        for g in range(min(progress.generation, self.generations - 1) + 1):
             plan = self.sampler.plan(study, g)
             if not plan.archs:
                 break
+            if g in self.tasks and self.progress.tasks[self.tasks[g]].finished:
+                continue
+            upto = [v for gen, v in scored if gen <= g]
             values = [v for gen, v in scored if gen == g]
-            fields = dict(gen=g, of=self.generations, best=_pct(best), mean=_pct(np.mean(values) if values else None),
-                          evaluated=len(scored), rejected=sum(self.sampler.plan(study, h).rejected
-                                                              for h in range(g + 1)))
+            fields = dict(gen=g, of=self.generations, best=_pct(max(upto, default=None)),
+                          mean=_pct(np.mean(values) if values else None), evaluated=len(upto),
+                          rejected=sum(self.sampler.plan(study, h).rejected for h in range(g + 1)))
             if g not in self.tasks:
                 self.tasks[g] = self.progress.add_task("", total=len(plan.archs), **fields)
             self.progress.update(self.tasks[g], completed=len(values), **fields)
