@@ -30,8 +30,10 @@ def open_storage(url: str | None, out: Path) -> tuple[BaseStorage, str]:
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
         try:
             return RDBStorage(url), url
-        except sqlalchemy.exc.OperationalError as exc:  # two workers creating the tables at once: one loses
-            if attempt == SCHEMA_RACE_RETRIES or "already exists" not in str(exc):
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:
+            # Two workers creating the tables at once: one loses ("table already exists", or a duplicate
+            # schema version row); by the next try the tables are there.
+            if attempt == SCHEMA_RACE_RETRIES:
                 raise ValueError(f"--storage {url!r}: cannot open it ({exc.orig or exc})") from None
             time.sleep(0.5)
         except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
