@@ -1,9 +1,15 @@
-"""The configuration of a supernet training run: defaults < `-c run.yaml` < command-line options."""
+"""The configuration of a training run: defaults < `-c run.yaml` < command-line options.
+
+`RunConfig` holds the options every training command shares (data, schedule, regularisation, checkpoints,
+devices); `TrainConfig` (`nas train-supernet`) adds the space, the subnet sampler and the final table;
+`RetrainConfig` (`nas retrain`) adds the arch and the export folder whose weights it starts from.
+"""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
@@ -13,12 +19,11 @@ AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
 @dataclass
-class TrainConfig:
-    space: str = "tiny-32"
+class RunConfig:
     data: str = "digits"
     epochs: int = 100
     batch_size: int = 32            # per process; the global batch is batch_size x processes
-    lr: float = 1e-3              # higher rates stall weight-shared training (docs/training.md)
+    lr: float = 1e-3                # higher rates stall weight-shared training; retrain: also for --init (docs)
     weight_decay: float = 0.05
     warmup_epochs: float = 2.0
     min_lr: float = 1e-5
@@ -28,26 +33,27 @@ class TrainConfig:
     ema: float = 0.0                # EMA decay of the weights; 0 = off
     clip_grad: float = 5.0          # max global gradient norm; 0 = off
     amp: str = "auto"               # auto: bf16 on a CUDA device that has it, else fp16 on CUDA; off on CPU
-    sampler: str = "uniform"
     seed: int = 0
     out: str = "runs/supernet"
     save_every: int = 200           # steps between checkpoints (and one at the end)
     resume: bool = False
     stop_after: int = 0             # stop (with a checkpoint) after this many steps of this process; 0 = never
     workers: int = 0                # data loader worker processes
-    eval_random: int = 3            # random subnets in the final table, besides the largest and smallest
     log_every: int = 10             # steps between metrics.jsonl lines
     tensorboard: bool = False
     device: str = "auto"            # auto: cuda if available (one GPU per process under torchrun), else cpu
+    holdout: int = 0                # train-set images left out of training (HOLDOUT_SEED split); 0 = none
 
-    def validate(self) -> TrainConfig:
+    LEAD: ClassVar[tuple[str, ...]] = ()  # the command's own options, written first in config.yaml
+
+    def validate(self):
         """Raise ValueError naming the option, its value and what is allowed."""
         positive = ("epochs", "batch_size", "save_every", "log_every")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
         non_negative = ("lr", "weight_decay", "warmup_epochs", "min_lr", "mixup", "cutmix", "clip_grad",
-                        "stop_after", "workers", "eval_random")
+                        "stop_after", "workers", "holdout")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
@@ -59,17 +65,51 @@ class TrainConfig:
             raise ValueError(f"--ema must be a decay in [0, 1) (0 = off), got {self.ema}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"--amp {self.amp!r}: choose from {list(AMP_MODES)}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"--sampler {self.sampler!r}: choose from {list(SAMPLERS)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device {self.device!r}: choose from ['auto', 'cpu', 'cuda']")
         return self
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        return {**{k: values[k] for k in self.LEAD}, **{k: v for k, v in values.items() if k not in self.LEAD}}
 
     def save(self, path: Path) -> None:
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+@dataclass
+class TrainConfig(RunConfig):
+    """`nas train-supernet`."""
+    space: str = "tiny-32"
+    sampler: str = "uniform"
+    eval_random: int = 3            # random subnets in the final table, besides the largest and smallest
+
+    LEAD: ClassVar[tuple[str, ...]] = ("space",)
+
+    def validate(self) -> TrainConfig:
+        super().validate()
+        if self.eval_random < 0:
+            raise ValueError(f"--eval-random must be >= 0, got {self.eval_random}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"--sampler {self.sampler!r}: choose from {list(SAMPLERS)}")
+        return self
+
+
+@dataclass
+class RetrainConfig(RunConfig):
+    """`nas retrain`: the defaults of a single network's training, not of weight sharing (docs/training.md)."""
+    arch: str | None = None         # the arch YAML; None = INIT/arch.yaml
+    init: str | None = None         # an export folder whose weights the run starts from; None = from scratch
+    epochs: int = 30                # a single network needs far fewer steps than weight sharing (docs/training.md)
+    out: str = "runs/retrain"
+
+    LEAD: ClassVar[tuple[str, ...]] = ("arch", "init")
+
+    def validate(self) -> RetrainConfig:
+        if not self.arch and not self.init:
+            raise ValueError("give --arch ARCH.yaml (train it from scratch) or --init DIR (fine-tune an export "
+                             "folder), or both")
+        return super().validate()
 
 
 def _flag(name: str) -> str:
@@ -79,9 +119,10 @@ def _flag(name: str) -> str:
 PER_INVOCATION = ("resume", "stop_after")  # options of one command, not of the run: a resume does not inherit them
 
 
-def load_config(path: str | Path | None, overrides: dict, base: dict | None = None) -> TrainConfig:
-    """Defaults, then `base` (a resumed run's saved config), then the YAML file's keys, then `overrides`
-    (options given on the command line)."""
+def load_config(path: str | Path | None, overrides: dict, base: dict | None = None,
+                kind: type[RunConfig] = TrainConfig, validate: bool = True) -> RunConfig:
+    """A `kind` config from its defaults, then `base` (a resumed run's saved config), then the YAML file's keys,
+    then `overrides` (options given on the command line); validated unless `validate` is False."""
     values: dict = {k: v for k, v in (base or {}).items() if k not in PER_INVOCATION}
     if path is not None:
         path = Path(path)
@@ -95,12 +136,16 @@ def load_config(path: str | Path | None, overrides: dict, base: dict | None = No
             raise ValueError(f"-c {str(path)!r}: expected a mapping of option: value")
         values.update({k.replace("-", "_"): v for k, v in data.items()})
     values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name: f for f in fields(TrainConfig)}
+    known = {f.name: f for f in fields(kind)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} in {path}; allowed: {sorted(known)}")
     for name, value in values.items():
-        expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[known[name].type]
+        kind_name, optional = known[name].type.removesuffix(" | None"), known[name].type.endswith(" | None")
+        if value is None and optional:
+            continue
+        expected = {"int": int, "float": (int, float), "str": str, "bool": bool}[kind_name]
         if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
-            raise ValueError(f"option {name!r} = {value!r}: expected {known[name].type}")
-    return TrainConfig(**values).validate()
+            raise ValueError(f"option {name!r} = {value!r}: expected {kind_name}")
+    config = kind(**values)
+    return config.validate() if validate else config

@@ -1,4 +1,7 @@
-"""`nas train-supernet`: SPOS training of the weight-sharing supernet."""
+"""`nas train-supernet`: SPOS training of the weight-sharing supernet.
+
+The options of the training loop are defined here once (`add_training_options`) and shared with `nas retrain`,
+as is the resolution of a run's config (`resolve_config`)."""
 from __future__ import annotations
 
 import argparse
@@ -9,8 +12,8 @@ import yaml
 
 from nas.commands import SPACE_HELP
 from nas.data import DATA_HELP
-from nas.train_config import AMP_MODES, TrainConfig, load_config
 from nas.samplers import SAMPLERS
+from nas.train_config import AMP_MODES, RunConfig, TrainConfig, load_config
 
 DEFAULTS = TrainConfig()
 DESCRIPTION = """Train the supernet of a search space with single-path one-shot (SPOS): every step
@@ -23,8 +26,9 @@ Writes OUT/checkpoint.pt (every --save-every steps and at the end, atomically), 
 val top-1 of the largest, the smallest and a few random subnets."""
 EXAMPLE = """example:
   nas train-supernet                                     # tiny-32 on the bundled digits
+  nas train-supernet --holdout 300                       # keep 300 train images unseen for nas evolve
   nas train-supernet --space unified-224 --data imagefolder:/data/imagenet --epochs 120 \\
-      --batch-size 128 --lr 1e-3 --out runs/imagenet
+      --batch-size 128 --lr 1e-3 --holdout 25000 --out runs/imagenet
   torchrun --nproc_per_node=8 -m nas train-supernet -c run.yaml
   nas train-supernet --out runs/imagenet --resume        # continue after a crash
 
@@ -37,50 +41,71 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add = parser.add_argument
     add("-c", "--config", metavar="RUN.yaml", help="a YAML file of options (the defaults for this run)")
     add("--space", metavar="NAME|PATH", help=f"{SPACE_HELP} (default {DEFAULTS.space})")
-    add("--data", metavar="SOURCE", help=f"{DATA_HELP} (default {DEFAULTS.data})")
-    add("--epochs", type=int, help=f"epochs over the train set (default {DEFAULTS.epochs})")
-    add("--batch-size", type=int, help=f"images per step and process (default {DEFAULTS.batch_size})")
-    add("--lr", type=float, help=f"peak learning rate of AdamW (default {DEFAULTS.lr})")
+    add("--sampler", choices=SAMPLERS, help="uniform: SPOS, one uniform subnet per step (default); flops-uniform: "
+                                            "uniform over MAC bins; sandwich: largest + smallest + random")
+    add_training_options(
+        parser, DEFAULTS,
+        lr=f"peak learning rate of AdamW (default {DEFAULTS.lr})",
+        ema="decay of an EMA of the weights, evaluated at the end; 0 = off (default 0)",
+        seed=f"seed of the weights, the data order and the subnets (default {DEFAULTS.seed})",
+        holdout="leave N images of the train set out of training: the fixed split that 'nas evolve' and "
+                "'nas export' rank subnets on (they default to the run's N), so that they judge subnets on images "
+                "the supernet never saw; 0 = train on all (default 0)")
+    add("--eval-random", type=int, help=f"random subnets in the final table (default {DEFAULTS.eval_random})")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def add_training_options(parser: argparse.ArgumentParser, defaults: RunConfig, *, lr: str, ema: str, seed: str,
+                         holdout: str) -> None:
+    """The options of `nas.training_loop` (the fields of RunConfig); the help of those whose meaning depends on
+    the command is given."""
+    add = parser.add_argument
+    add("--data", metavar="SOURCE", help=f"{DATA_HELP} (default {defaults.data})")
+    add("--holdout", type=int, metavar="N", help=holdout)
+    add("--epochs", type=int, help=f"epochs over the train set (default {defaults.epochs})")
+    add("--batch-size", type=int, help=f"images per step and process (default {defaults.batch_size})")
+    add("--lr", type=float, help=lr)
     add("--weight-decay", type=float, help=f"AdamW weight decay; none on norms and biases "
-                                           f"(default {DEFAULTS.weight_decay})")
-    add("--warmup-epochs", type=float, help=f"linear warmup before the cosine decay (default {DEFAULTS.warmup_epochs})")
-    add("--min-lr", type=float, help=f"learning rate at the end of the cosine (default {DEFAULTS.min_lr})")
-    add("--label-smoothing", type=float, help=f"label smoothing (default {DEFAULTS.label_smoothing})")
+                                           f"(default {defaults.weight_decay})")
+    add("--warmup-epochs", type=float, help=f"linear warmup before the cosine decay (default {defaults.warmup_epochs})")
+    add("--min-lr", type=float, help=f"learning rate at the end of the cosine (default {defaults.min_lr})")
+    add("--label-smoothing", type=float, help=f"label smoothing (default {defaults.label_smoothing})")
     add("--mixup", type=float, help="mixup alpha, 0 = off (default 0); with mixup/cutmix a resumed run is "
                                     "not bit-identical (timm's Mixup draws from the global RNG)")
     add("--cutmix", type=float, help="cutmix alpha, 0 = off (default 0)")
-    add("--ema", type=float, help="decay of an EMA of the weights, evaluated at the end; 0 = off (default 0)")
-    add("--clip-grad", type=float, help=f"max global gradient norm, 0 = off (default {DEFAULTS.clip_grad})")
+    add("--ema", type=float, help=ema)
+    add("--clip-grad", type=float, help=f"max global gradient norm, 0 = off (default {defaults.clip_grad})")
     add("--amp", choices=AMP_MODES, help="mixed precision on CUDA: auto = bf16 where supported else fp16; "
                                          "always off on a CPU (default auto)")
-    add("--sampler", choices=SAMPLERS, help="uniform: SPOS, one uniform subnet per step (default); flops-uniform: "
-                                            "uniform over MAC bins; sandwich: largest + smallest + random")
-    add("--seed", type=int, help=f"seed of the weights, the data order and the subnets (default {DEFAULTS.seed})")
-    add("--out", metavar="DIR", help=f"run folder (default {DEFAULTS.out})")
-    add("--save-every", type=int, help=f"steps between checkpoints (default {DEFAULTS.save_every})")
+    add("--seed", type=int, help=seed)
+    add("--out", metavar="DIR", help=f"run folder (default {defaults.out})")
+    add("--save-every", type=int, help=f"steps between checkpoints (default {defaults.save_every})")
     add("--resume", action="store_true", default=None,
         help="continue the run in --out from its checkpoint (its config.yaml gives the defaults)")
     add("--stop-after", type=int, help="stop after this many steps with a checkpoint (to fit a job's time "
                                        "limit; --resume continues); 0 = never (default)")
     add("--workers", type=int, help="data loader worker processes (default 0)")
-    add("--eval-random", type=int, help=f"random subnets in the final table (default {DEFAULTS.eval_random})")
-    add("--log-every", type=int, help=f"steps between lines of metrics.jsonl (default {DEFAULTS.log_every})")
+    add("--log-every", type=int, help=f"steps between lines of metrics.jsonl (default {defaults.log_every})")
     add("--tensorboard", action="store_true", default=None, help="also log to OUT/tensorboard")
     add("--device", choices=("auto", "cpu", "cuda"), help="auto: CUDA if available, else CPU (default auto)")
-    parser.set_defaults(func=run)
-    return parser
 
 
-def resolve_config(args: argparse.Namespace) -> TrainConfig:
+def resolve_config(args: argparse.Namespace, kind: type[RunConfig] = TrainConfig) -> RunConfig:
     """Defaults < the resumed run's config.yaml < -c RUN.yaml < the options given here."""
-    overrides = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__}
+    overrides = {k: v for k, v in vars(args).items() if k in kind.__dataclass_fields__}
     if not args.resume:
-        return load_config(args.config, overrides)
-    out = Path(args.out or load_config(args.config, {}).out)
+        return load_config(args.config, overrides, kind=kind)
+    out = Path(args.out or load_config(args.config, {}, kind=kind, validate=False).out)
     saved = out / "config.yaml"
     if not saved.is_file():
         raise ValueError(f"--resume: {str(saved)!r} does not exist (no run to continue in {str(out)!r})")
-    return load_config(args.config, overrides, base=yaml.safe_load(saved.read_text()))
+    base = yaml.safe_load(saved.read_text())
+    foreign = sorted(set(base) - set(kind.__dataclass_fields__)) if isinstance(base, dict) else ["?"]
+    if foreign:
+        raise ValueError(f"--resume: {str(saved)!r} is not the config of a run of this command (it has option(s) "
+                         f"{foreign}); choose this command's run folder with --out")
+    return load_config(args.config, overrides, base=base, kind=kind)
 
 
 def run(args: argparse.Namespace) -> int:

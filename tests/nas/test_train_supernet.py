@@ -118,12 +118,37 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 4
 
 
+def test_holdout_images_are_never_trained_on(tmp_path, monkeypatch):
+    import nas.training_loop
+    from nas.trained_supernet import fitness_split
+
+    trained = []  # train-set indices of every batch a loader of the run serves
+    make_loader = nas.training_loop.make_loader
+
+    def recording(dataset, *args, **kwargs):
+        loader = make_loader(dataset, *args, **kwargs)
+        trained.extend(dataset.indices[i] for batch in loader.batch_sampler for i in batch)
+        return loader
+
+    monkeypatch.setattr(nas.training_loop, "make_loader", recording)
+    result = train_supernet(TrainConfig(out=str(tmp_path), holdout=300, stop_after=1, **SMALL))
+    space = load_space("tiny-32")
+    rest, held = fitness_split("digits", 300, space, 10)  # what nas evolve and nas export rank subnets on
+    assert len(trained) == (1437 - 300) // 64 * 64  # one epoch's batches: 17 steps, not 22
+    assert not set(trained) & set(held.indices) and set(trained) <= set(rest.indices)
+    assert result.step == 1 and load_checkpoint(tmp_path / "checkpoint.pt")["config"]["holdout"] == 300
+    assert "holdout: 300" in (tmp_path / "config.yaml").read_text()
+
+
 def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
     cases = [
         (["--data", "cifar10:/nonexistent"], "--data 'cifar10:/nonexistent'"),
         (["--data", "mnist"], "--data 'mnist': expected one of"),
         (["--epochs", "0"], "--epochs must be >= 1, got 0"),
         (["--resume"], "--resume"),
+        (["--holdout", "-5"], "--holdout must be >= 0, got -5"),
+        (["--holdout", "1437"], "--holdout 1437: expected fewer than the 1437 images of the train set of 'digits'"),
+        (["--holdout", "1400", "--batch-size", "64"], "--batch-size 64: larger than the train set (37 images"),
     ]
     for extra, message in cases:
         status = main(["train-supernet", "--out", str(tmp_path / "run"), *extra])

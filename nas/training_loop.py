@@ -1,0 +1,261 @@
+"""The training loop shared by `nas train-supernet` and `nas retrain` (DESIGN sections 6 and 8).
+
+The loop owns what both commands do the same way: the train set less its held-out images, timm's AdamW, the
+per-step cosine schedule with warmup, label smoothing or mixup/cutmix, the EMA, AMP on CUDA, gradient clipping,
+DDP under torchrun, the NaN stop, atomic checkpoints and a bit-identical resume, the rich progress bar and
+metrics.jsonl. What differs is a `Trainee`: the network, which arch(s) a step trains (a supernet's sampler, or
+the one arch of a standalone network), what steps the optimizer (the supernet's unused-weights guard, or the plain
+optimizer), and what its checkpoints hold besides the common state.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from nas import distributed
+from nas.checkpoint import load_checkpoint, save_checkpoint
+from nas.cost_model import arch_cost
+from nas.data import Datasets, holdout_split, load_datasets, make_loader, parse_data
+from nas.distributed import Runtime
+from nas.train_config import RunConfig
+from nas.trained_supernet import HOLDOUT_SEED
+from nas.units import human
+from search_spaces import Arch, SearchSpace
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is left in place."""
+
+
+@dataclass
+class Trainee:
+    """What the loop trains, and the parts of a step that differ between a supernet and a single network."""
+    model: nn.Module  # the unwrapped network, on the run's device
+    optimizer: torch.optim.Optimizer  # from `make_optimizer(model, cfg)`: the schedule sets its lr; checkpointed
+    stepper: object  # steps and zeroes the gradients: a SubnetOptimizer around `optimizer`, or `optimizer` itself
+    archs: Callable[[int], list[Arch]]  # the arch(s) of step t, each one a forward and backward on the batch
+    activate: Callable[[Arch], None]  # switches the model to an arch before its forward
+    space: SearchSpace  # of the archs (their MACs go to metrics.jsonl)
+    find_unused_parameters: bool  # DDP: True when a step leaves parameters without gradients (a subnet)
+    label: str  # what the progress bar calls the arch of the step: "subnet", "model"
+    checkpoint: dict  # entries of every checkpoint besides the common state (the space, the sampler, the arch ...)
+    check_resume: Callable[[dict], None]  # raises ValueError when a checkpoint is not of this run
+
+
+@dataclass
+class LoopResult:
+    step: int
+    total_steps: int
+    final: nn.Module  # the weights to evaluate and ship: the EMA's when the run keeps one, else the model
+
+    @property
+    def finished(self) -> bool:
+        return self.step == self.total_steps
+
+
+def load_training_data(cfg: RunConfig, img_size: int, num_classes: int,
+                       world_size: int) -> tuple[Datasets, int]:
+    """The run's datasets, whose `train` is the train set less the `cfg.holdout` held-out images (the split of
+    `nas.trained_supernet.fitness_split`, which `nas evolve` and `nas export` rank subnets on), and the number of
+    steps per epoch. ValueError naming --holdout or --batch-size when they leave nothing to train on."""
+    data = load_datasets(parse_data(cfg.data), img_size, num_classes=num_classes, seed=cfg.seed,
+                         synthetic_size=(max(2048, cfg.holdout + 256), 512))  # as fitness_split draws it
+    n = len(data.train)
+    if cfg.holdout:
+        if cfg.holdout >= n:
+            raise ValueError(f"--holdout {cfg.holdout}: expected fewer than the {n} images of the train set of "
+                             f"{cfg.data!r} (0 = train on all of them)")
+        rest, _ = holdout_split(data.train, cfg.holdout, HOLDOUT_SEED)
+        data = dataclasses.replace(data, train=rest)
+    steps_per_epoch = len(data.train) // (cfg.batch_size * world_size)
+    if steps_per_epoch == 0:
+        held = f" ({n} images less the {cfg.holdout} of --holdout)" if cfg.holdout else ""
+        raise ValueError(f"--batch-size {cfg.batch_size}: larger than the train set ({len(data.train)} images"
+                         f"{held}) split over {world_size} process(es)")
+    return data, steps_per_epoch
+
+
+def make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    """timm's AdamW, with no weight decay on norms and biases."""
+    return create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch: int, runtime: Runtime,
+               console: Console) -> LoopResult:
+    """Train `trainee` from its checkpoint in `cfg.out` (with `cfg.resume`) or from its current weights.
+
+    Writes OUT/config.yaml, OUT/metrics.jsonl and OUT/checkpoint.pt (every --save-every steps and at the last step
+    of this invocation). Stops at the end of the schedule or after `cfg.stop_after` steps. Raises TrainingDiverged
+    when the loss is not finite, ValueError when OUT holds another run's checkpoint."""
+    show = runtime.is_main
+    out = Path(cfg.out)
+    device = runtime.device
+    model = trainee.model
+    total_steps = cfg.epochs * steps_per_epoch
+
+    optimizer = trainee.optimizer
+    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total_steps // 2)  # the cosine gets >= half
+    scheduler = CosineLRScheduler(optimizer, t_initial=total_steps - warmup, lr_min=cfg.min_lr, warmup_t=warmup,
+                                  warmup_lr_init=cfg.lr / 100, warmup_prefix=True, t_in_epochs=False)
+    ema = ModelEmaV3(model, decay=cfg.ema) if cfg.ema else None
+    mixup = (Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing,
+                   num_classes=data.num_classes) if cfg.mixup or cfg.cutmix else None)
+    if mixup is not None:
+        criterion = SoftTargetCrossEntropy()
+    elif cfg.label_smoothing:
+        criterion = LabelSmoothingCrossEntropy(cfg.label_smoothing)
+    else:
+        criterion = torch.nn.CrossEntropyLoss()
+    autocast_dtype = amp_dtype(cfg.amp, device)
+    scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
+
+    step = 0
+    checkpoint_path = out / CHECKPOINT
+    if cfg.resume:
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        trainee.check_resume(state)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema"):
+            ema.module.load_state_dict(state["ema"])
+        step = state["step"]
+    elif checkpoint_path.exists():
+        raise ValueError(f"{str(checkpoint_path)!r} exists: pass --resume to continue that run, or another --out")
+    if show:
+        out.mkdir(parents=True, exist_ok=True)
+        cfg.save(out / "config.yaml")
+
+    def save() -> None:
+        if show:
+            save_checkpoint({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "ema": ema.module.state_dict() if ema else None, "step": step, "num_classes": data.num_classes,
+                "config": cfg.to_dict(), **trainee.checkpoint,
+            }, checkpoint_path)
+
+    wrapped = model
+    if runtime.world_size > 1:
+        wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=trainee.find_unused_parameters)
+    writer = tensorboard_writer(out) if cfg.tensorboard and show else None
+    metrics = (out / "metrics.jsonl").open("a") if show else None
+    stop_at = min(total_steps, step + cfg.stop_after) if cfg.stop_after else total_steps
+    stepper = trainee.stepper
+
+    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.2e}  "
+                                   "{task.fields[ips]:.0f} img/s  " + trainee.label + " {task.fields[macs]} MACs"),
+                        TimeRemainingColumn(), console=console, disable=not show, transient=False)
+    wrapped.train()
+    loader_iter, window = None, {"loss": 0.0, "steps": 0, "images": 0, "start": time.perf_counter()}
+    try:
+        with progress:
+            task = progress.add_task("train", total=total_steps, completed=step, epoch=f"{step // steps_per_epoch + 1}"
+                                     f"/{cfg.epochs}", loss=float("nan"), lr=cfg.lr, ips=0.0, macs="-")
+            while step < stop_at:
+                epoch, in_epoch = divmod(step, steps_per_epoch)
+                if loader_iter is None or in_epoch == 0:
+                    loader_iter = iter(make_loader(data.train, cfg.batch_size, train=True, seed=cfg.seed, epoch=epoch,
+                                                   rank=runtime.rank, world_size=runtime.world_size,
+                                                   workers=cfg.workers, skip_batches=in_epoch))
+                images, labels = next(loader_iter)
+                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                if data.augment is not None:
+                    generator = torch.Generator(device=device).manual_seed(cfg.seed * 1000003 + step)
+                    images = data.augment(images, generator, shard=(runtime.rank, runtime.world_size))
+                if mixup is not None:
+                    images, labels = mixup(images, labels)
+
+                archs = trainee.archs(step)
+                loss_sum = torch.zeros((), device=device)
+                for i, arch in enumerate(archs):
+                    trainee.activate(arch)
+                    sync = wrapped.no_sync() if runtime.world_size > 1 and i < len(archs) - 1 else nullcontext()
+                    with sync, torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                        loss = criterion(wrapped(images), labels) / len(archs)
+                    (scaler.scale(loss) if scaler else loss).backward()
+                    loss_sum += loss.detach()
+                if not distributed.all_finite(loss_sum):
+                    raise TrainingDiverged(f"the loss became {loss_sum.item()} at step {step} ({trainee.label} "
+                                           f"{archs[-1].hash}); the last good checkpoint is "
+                                           f"{str(checkpoint_path)!r}. Lower --lr, or use --clip-grad / --amp off")
+                if scaler is not None:
+                    scaler.unscale_(stepper)
+                if cfg.clip_grad:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+                if scaler is not None:
+                    scaler.step(stepper)
+                    scaler.update()
+                else:
+                    stepper.step()
+                stepper.zero_grad(set_to_none=True)
+                step += 1
+                scheduler.step_update(num_updates=step)
+                if ema is not None:
+                    ema.update(model, step=step)
+
+                window["loss"] += loss_sum.item()  # this rank's loss
+                window["steps"] += 1
+                window["images"] += images.shape[0] * runtime.world_size
+                if step % cfg.log_every == 0 or step == stop_at:
+                    elapsed = time.perf_counter() - window["start"]
+                    record = {"step": step, "epoch": epoch + 1, "loss": window["loss"] / window["steps"],
+                              "lr": optimizer.param_groups[0]["lr"],
+                              "images_per_s": window["images"] / max(elapsed, 1e-9),
+                              "macs": [arch_cost(a, trainee.space, data.num_classes)[0] for a in archs],
+                              "archs": [a.hash for a in archs]}
+                    if show:
+                        metrics.write(json.dumps(record) + "\n")
+                        metrics.flush()
+                        if writer is not None:
+                            for key in ("loss", "lr", "images_per_s"):
+                                writer.add_scalar(f"train/{key}", record[key], step)
+                    progress.update(task, completed=step, epoch=f"{epoch + 1}/{cfg.epochs}", loss=record["loss"],
+                                    lr=record["lr"], ips=record["images_per_s"], macs=human(max(record["macs"])))
+                    window = {"loss": 0.0, "steps": 0, "images": 0, "start": time.perf_counter()}
+                if step % cfg.save_every == 0 or step == stop_at:
+                    save()
+    finally:
+        if metrics is not None:
+            metrics.close()
+        if writer is not None:
+            writer.close()
+    return LoopResult(step, total_steps, ema.module if ema is not None else model)
+
+
+def tensorboard_writer(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(out / "tensorboard"))
