@@ -9,6 +9,8 @@ from search_spaces import Arch
 from supernets.elastic_ops import ElasticBatchNorm2d
 from supernets.supernet import Supernet
 
+BN_RECALIBRATION_BATCHES = 20  # SPOS recomputes a subnet's BatchNorm statistics from 20 train batches
+
 
 @torch.no_grad()
 def top1(model: nn.Module, loader, device: torch.device, arch: Arch | None = None) -> float:

@@ -7,12 +7,11 @@ import torch
 from torch.utils.data import Dataset
 
 from nas.data import make_loader
-from nas.evaluate import recalibrate_batchnorm, top1
+from nas.evaluate import BN_RECALIBRATION_BATCHES, recalibrate_batchnorm, top1
 from search_spaces import Arch
 from supernets.elastic_ops import ElasticBatchNorm2d
 from supernets.supernet import Supernet
 
-BN_RECALIBRATION_BATCHES = 20
 CACHE_BYTES = 2 << 30  # held-out splits up to 2 GiB of float images are kept in memory as ready batches
 
 

@@ -46,6 +46,8 @@ def load_trained_supernet(path: str | Path, space: str | None = None,
     must be the space the checkpoint was trained on. ValueError for a missing, corrupt or mismatched file."""
     path = Path(path)
     state = load_checkpoint(path)
+    if state.get("kind", "supernet") != "supernet":
+        raise ValueError(f"checkpoint {str(path)!r} is of a {state['kind']!r} run, not of 'nas train-supernet'")
     if space is not None:
         chosen = load_space(space)
         if state.get("space_hash") not in (None, chosen.hash):

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from rich.console import Console
 
 from nas.cli import main
-from nas.cost_model import arch_cost, extreme_arch
+from nas.cost_model import arch_cost
 from nas.evolution_sampler import CLAIM_KEY, WORKER_KEY
 from nas.evolve import EvolveConfig, run_evolution
 from nas.search_report import pareto_front
