@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -43,6 +44,19 @@ CHECKPOINT = "checkpoint.pt"
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left in place."""
+
+
+def run_training_command(train: Callable, config, prog: str) -> int:
+    """Run `train(config)` for a command: status 1 and one line when the loss diverged. The process group of a
+    torchrun launch is always destroyed: gloo's threads left to the interpreter's exit can abort a rank."""
+    try:
+        train(config)
+    except TrainingDiverged as exc:
+        print(f"{prog}: stopped: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.teardown()
+    return 0
 
 
 @dataclass

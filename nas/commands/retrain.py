@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from nas.commands.train_supernet import add_training_options, resolve_config
 from nas.train_config import RetrainConfig
@@ -59,12 +58,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from nas.retrain import retrain  # torch-heavy: only when training
-    from nas.training_loop import TrainingDiverged
+    from nas.training_loop import run_training_command
 
-    config = resolve_config(args, RetrainConfig)
-    try:
-        retrain(config)
-    except TrainingDiverged as exc:
-        print(f"{args.prog}: stopped: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_training_command(retrain, resolve_config(args, RetrainConfig), args.prog)

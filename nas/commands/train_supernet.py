@@ -5,7 +5,6 @@ as is the resolution of a run's config (`resolve_config`)."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import yaml
@@ -109,12 +108,7 @@ def resolve_config(args: argparse.Namespace, kind: type[RunConfig] = TrainConfig
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.train_supernet import TrainingDiverged, train_supernet  # torch-heavy: only when training
+    from nas.train_supernet import train_supernet  # torch-heavy: only when training
+    from nas.training_loop import run_training_command
 
-    config = resolve_config(args)
-    try:
-        train_supernet(config)
-    except TrainingDiverged as exc:
-        print(f"{args.prog}: stopped: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return run_training_command(train_supernet, resolve_config(args), args.prog)
