@@ -19,12 +19,22 @@ class Runtime:
         return self.rank == 0
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(name: str) -> torch.device:
+    """--device: 'auto' (CUDA if available, else CPU), 'cpu' or 'cuda'; ValueError naming --device otherwise."""
+    if name not in DEVICES:
+        raise ValueError(f"--device {name!r}: choose from {list(DEVICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
 def setup(device: str = "auto") -> Runtime:
     """Join the process group that torchrun describes in the environment (if any) and pick the device."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
+    use_cuda = resolve_device(device).type == "cuda"
     if world_size == 1:
         return Runtime(0, 1, torch.device("cuda" if use_cuda else "cpu"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

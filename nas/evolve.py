@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import torch
 from optuna.trial import TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from nas.cost_model import arch_cost, extreme_arch
+from nas.distributed import resolve_device
 from nas.evolution_sampler import (CLAIM_KEY, OBJECTIVES, WORKER_KEY, EvolutionSampler, fail_dead_local_trials,
                                    params_arch)
 from nas.fitness import Fitness
@@ -71,10 +71,7 @@ class EvolveConfig:
             raise ValueError(f"--objective {self.objective!r}: choose from {list(OBJECTIVES)}")
         if self.holdout is not None and self.holdout < 1:
             raise ValueError(f"--holdout must be >= 1, got {self.holdout}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"--device {self.device!r}: choose from ['auto', 'cpu', 'cuda']")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("--device cuda: no CUDA device is available")
+        resolve_device(self.device)
         return self
 
 
@@ -94,8 +91,7 @@ def run_evolution(cfg: EvolveConfig, console: Console | None = None) -> SearchRe
     cfg.validate()
     console = console or Console(stderr=True)
     out = Path(cfg.out)
-    device = torch.device("cuda" if cfg.device == "cuda" or cfg.device == "auto" and torch.cuda.is_available()
-                          else "cpu")
+    device = resolve_device(cfg.device)
     trained = load_trained_supernet(cfg.supernet, cfg.space, device)
     space, num_classes = trained.space, trained.num_classes
     _check_budgets(cfg, space, num_classes)

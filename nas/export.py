@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from nas.cost_model import arch_cost
 from nas.data import holdout_split, load_datasets, make_loader, parse_data
+from nas.distributed import resolve_device
 from nas.evaluate import top1
 from nas.exported_model import ARCH_FILE, META_FILE, WEIGHTS_FILE, read_exported, write_exported
 from nas.fitness import Fitness
@@ -30,7 +31,6 @@ from search_spaces import SearchSpace, load_arch
 FORMAT = 1  # of meta.json; bumped when a field changes meaning
 SPLITS = ("holdout", "val")
 DEFAULT_BATCH_SIZE = 250
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -44,15 +44,6 @@ class MeasurementData:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' (CUDA if available, else CPU), 'cpu' or 'cuda'; ValueError naming --device otherwise."""
-    if name not in DEVICES:
-        raise ValueError(f"--device {name!r}: choose from {list(DEVICES)}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
 
 def canonical_data(text: str) -> str:
     """The --data value with an on-disk path made absolute, so that meta.json names the data from any folder.
