@@ -84,7 +84,7 @@ class SearchResult:
     fitness_seconds: float  # time this worker spent in subnet inference
     total_seconds: float  # wall time of this worker's search loop
     storage: str
-    events: dict = field(default_factory=dict)  # counters: failed dead trials, waits
+    events: dict = field(default_factory=dict)  # counters: dead workers' trials failed at start
 
 
 def run_evolution(cfg: EvolveConfig, console: Console | None = None) -> SearchResult:

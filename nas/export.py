@@ -20,12 +20,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import Dataset
 
 from nas.cost_model import arch_cost
-from nas.data import holdout_split, load_datasets, make_loader, parse_data
+from nas.data import make_loader, parse_data
 from nas.distributed import resolve_device
 from nas.evaluate import top1
 from nas.exported_model import ARCH_FILE, META_FILE, WEIGHTS_FILE, read_exported, write_exported
 from nas.fitness import Fitness
-from nas.trained_supernet import DEFAULT_HOLDOUT, HOLDOUT_SEED, default_holdout, load_trained_supernet
+from nas.trained_supernet import (DEFAULT_HOLDOUT, default_holdout, load_data, load_trained_supernet,
+                                  split_held_out)
 from search_spaces import SearchSpace, load_arch
 
 FORMAT = 1  # of meta.json; bumped when a field changes meaning
@@ -69,18 +70,13 @@ def load_measurement_data(data: str, split: str, holdout: int | None, space: Sea
     _check_positive("--holdout", holdout)
     data = canonical_data(data)
     held = holdout or DEFAULT_HOLDOUT
-    sets = load_datasets(parse_data(data), space.img_size, num_classes=num_classes, seed=0,
-                         synthetic_size=(max(2048, held + 256), 512))  # as fitness_split draws the synthetic set
+    sets = load_data(data, held, space.img_size, num_classes)
     if sets.num_classes != num_classes:
         raise ValueError(f"--data {data!r} has {sets.num_classes} classes, but the model has {num_classes}: "
                          f"measure it on the data it was trained for")
     if split == "val":
         return MeasurementData(data, split, None, sets.val, None)
-    n = len(sets.train)
-    if not 1 <= held < n:
-        raise ValueError(f"--holdout {held}: expected an int in [1, {n - 1}] (the train set of {data!r} "
-                         f"has {n} images)")
-    rest, held_out = holdout_split(sets.train, held, HOLDOUT_SEED)
+    rest, held_out = split_held_out(sets.train, held, data)
     return MeasurementData(data, split, held, held_out, rest)
 
 

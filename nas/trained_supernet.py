@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from nas.checkpoint import load_checkpoint
-from nas.data import holdout_split, load_datasets, parse_data
+from nas.data import Datasets, holdout_split, load_datasets, parse_data
 from search_spaces import SearchSpace, load_space
 from search_spaces.space import space_from_dict
 from supernets.supernet import Supernet
@@ -68,14 +68,25 @@ def default_holdout(config: dict) -> int:
     return config.get("holdout") or DEFAULT_HOLDOUT
 
 
+def load_data(data: str, holdout: int, img_size: int, num_classes: int, seed: int = 0) -> Datasets:
+    """The datasets of `data`; the synthetic source draws a train set larger than `holdout`, the same images
+    whichever command (train-supernet, evolve, export) draws it."""
+    return load_datasets(parse_data(data), img_size, num_classes=num_classes, seed=seed,
+                         synthetic_size=(max(2048, holdout + 256), 512))
+
+
+def split_held_out(train: Dataset, holdout: int, data: str) -> tuple[Dataset, Dataset]:
+    """(rest, held_out): `holdout` images of `train` set aside with the fixed seed; ValueError naming --holdout
+    unless 1 <= holdout < len(train)."""
+    n = len(train)
+    if not 1 <= holdout < n:
+        raise ValueError(f"--holdout {holdout}: expected an int in [1, {n - 1}] (the train set of {data!r} "
+                         f"has {n} images)")
+    return holdout_split(train, holdout, HOLDOUT_SEED)
+
+
 def fitness_split(data: str, holdout: int, space: SearchSpace, num_classes: int,
                   seed: int = 0) -> tuple[Dataset, Dataset]:
     """(rest, held_out) of the train set of `data`: `holdout` images set aside with a fixed seed, the same ones
     `train-supernet --holdout` leaves out of training. `rest` serves BatchNorm recalibration."""
-    sets = load_datasets(parse_data(data), space.img_size, num_classes=num_classes, seed=seed,
-                         synthetic_size=(max(2048, holdout + 256), 512))
-    n = len(sets.train)
-    if not 1 <= holdout < n:
-        raise ValueError(f"--holdout {holdout}: expected an int in [1, {n - 1}] (the train set of {data!r} "
-                         f"has {n} images)")
-    return holdout_split(sets.train, holdout, HOLDOUT_SEED)
+    return split_held_out(load_data(data, holdout, space.img_size, num_classes, seed).train, holdout, data)

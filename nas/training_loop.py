@@ -32,10 +32,10 @@ from torch.nn.parallel import DistributedDataParallel
 from nas import distributed
 from nas.checkpoint import load_checkpoint, save_checkpoint
 from nas.cost_model import arch_cost
-from nas.data import Datasets, holdout_split, load_datasets, make_loader, parse_data
+from nas.data import Datasets, holdout_split, make_loader
 from nas.distributed import Runtime
 from nas.train_config import RunConfig
-from nas.trained_supernet import HOLDOUT_SEED
+from nas.trained_supernet import HOLDOUT_SEED, load_data
 from nas.units import human
 from search_spaces import Arch, SearchSpace
 
@@ -90,8 +90,7 @@ def load_training_data(cfg: RunConfig, img_size: int, num_classes: int,
     """The run's datasets, whose `train` is the train set less the `cfg.holdout` held-out images (the split of
     `nas.trained_supernet.fitness_split`, which `nas evolve` and `nas export` rank subnets on), and the number of
     steps per epoch. ValueError naming --holdout or --batch-size when they leave nothing to train on."""
-    data = load_datasets(parse_data(cfg.data), img_size, num_classes=num_classes, seed=cfg.seed,
-                         synthetic_size=(max(2048, cfg.holdout + 256), 512))  # as fitness_split draws it
+    data = load_data(cfg.data, cfg.holdout, img_size, num_classes, cfg.seed)
     n = len(data.train)
     if cfg.holdout:
         if cfg.holdout >= n:
