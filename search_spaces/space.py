@@ -147,12 +147,17 @@ class SearchSpace:
 
     def encode(self, arch: Arch) -> list[int]:
         """Fixed-length genome: the index of every gene in its choices (None -> 0)."""
-        genome = []
+        return self._encode_inert(arch)[0].tolist()
+
+    def _encode_inert(self, arch: Arch) -> tuple[np.ndarray, np.ndarray]:
+        """The genome of `arch` and, per position, whether the gene is inert there (None in the canonical
+        form; its 0 in the genome is a placeholder, not a value)."""
+        values = []
         for stage in self.validate(arch).stages:
-            values = [stage.pool, stage.dim, stage.paths, *stage.cells, stage.attn, stage.topk, stage.regions,
-                      stage.mlp_ratio]
-            genome.extend(values)
-        return [0 if v is None else choices.index(v) for v, choices in zip(genome, self.genome_choices)]
+            values += [stage.pool, stage.dim, stage.paths, *stage.cells, stage.attn, stage.topk, stage.regions,
+                       stage.mlp_ratio]
+        genome = [0 if v is None else choices.index(v) for v, choices in zip(values, self.genome_choices)]
+        return np.array(genome, dtype=np.int64), np.array([v is None for v in values])
 
     def decode(self, genome: list[int] | np.ndarray) -> Arch:
         """The canonical arch of a genome; it may be outside the space (see `contains`)."""
@@ -179,22 +184,40 @@ class SearchSpace:
         return self._first_valid(lambda: rng.integers(0, sizes), max_tries, "sample")
 
     def mutate(self, arch: Arch, prob: float, rng: np.random.Generator, max_tries: int = 1000) -> Arch:
-        """Redraw every gene with probability `prob`, until the result is valid."""
+        """Redraw every gene with probability `prob`, until the result is valid.
+
+        A gene inert in `arch` (None in its canonical form) has no value to keep, so it is always redrawn:
+        where the mutation revives it (mhsa -> bra, skip -> layer) it is uniform like a sampled gene, not
+        choices[0]; where it stays inert the canonical form drops it again."""
         if not 0.0 <= prob <= 1.0:
             raise ValueError(f"prob must be in [0, 1], got {prob}")
-        genome = np.asarray(self.encode(arch))
+        genome, inert = self._encode_inert(arch)
         sizes = np.array([len(c) for c in self.genome_choices])
 
         def draw() -> np.ndarray:
-            redraw = rng.random(len(genome)) < prob
+            redraw = (rng.random(len(genome)) < prob) | inert
             return np.where(redraw, rng.integers(0, sizes), genome)
 
         return self._first_valid(draw, max_tries, "mutate")
 
     def crossover(self, a: Arch, b: Arch, rng: np.random.Generator, max_tries: int = 1000) -> Arch:
-        """Take every gene from `a` or `b` with equal probability, until the result is valid."""
-        ga, gb = np.asarray(self.encode(a)), np.asarray(self.encode(b))
-        return self._first_valid(lambda: np.where(rng.random(len(ga)) < 0.5, ga, gb), max_tries, "crossover")
+        """Take every gene from `a` or `b` with equal probability, until the result is valid.
+
+        A gene inert in one parent (None in its canonical form) has no value there, so it comes from the other
+        parent whichever the coin picks: every live gene of a child is inherited from a parent in which it is
+        live, never made up as choices[0]. A gene inert in both is drawn uniformly (for canonical parents it
+        stays inert in the child, whose canonical form drops it)."""
+        ga, inert_a = self._encode_inert(a)
+        gb, inert_b = self._encode_inert(b)
+        ga, gb = np.where(inert_a, gb, ga), np.where(inert_b, ga, gb)
+        both = inert_a & inert_b
+        sizes = np.array([len(c) for c in self.genome_choices])
+
+        def draw() -> np.ndarray:
+            child = np.where(rng.random(len(ga)) < 0.5, ga, gb)
+            return np.where(both, rng.integers(0, sizes), child)
+
+        return self._first_valid(draw, max_tries, "crossover")
 
     def _first_valid(self, draw, max_tries: int, what: str) -> Arch:
         for _ in range(max_tries):

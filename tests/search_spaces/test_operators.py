@@ -5,8 +5,9 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from search_spaces import Arch, load_space
+from search_spaces import Arch, StageArch, load_space
 
 SPACES = ["tiny-32", "unified-224"]
 DRAWS = 300
@@ -176,3 +177,114 @@ def test_sample_reaches_only_enumerated_archs(enumerated_space):
     sampled = set(_samples(space, 300, 13))
     assert sampled <= archs
     assert len(sampled) > 50
+
+
+# ---- genes revived by the operators --------------------------------------------------------------
+# A gene inert in the canonical form (topk/regions of an `mhsa` stage; attn, topk, regions, mlp_ratio of an
+# all-`skip` stage) is None and encodes as 0. When mutation revives it, it must be drawn like any other gene
+# (uniform, invalid draws rejected), not come back as choices[0].
+
+REVIVALS = 4000
+
+
+def _stage(pool=1, dim=16, cells=("layer",), attn="mhsa", topk=None, regions=None, mlp_ratio=2.0) -> StageArch:
+    return StageArch(pool, dim, 1, cells, attn, topk, regions, mlp_ratio)
+
+
+def _tiny_arch(space, first: StageArch) -> Arch:
+    """A tiny-32 arch with the given stage 1; its map side is 8 or 4 whatever the pools, so every `regions`
+    choice (at most 4) is valid there and only topk <= regions^2 constrains the revived genes."""
+    rest = (_stage(dim=32), _stage(dim=48, cells=("layer", "skip")), _stage(dim=64))
+    arch = Arch(space.ref, (first, *rest))
+    assert space.contains(arch) and max(space.genome_choices[space.genome_names.index("s1.regions")]) <= 4
+    return arch
+
+
+def _revival_law(choices, attn: tuple[str, ...]) -> Counter:
+    """Weight of every canonical (attn, topk, regions, mlp_ratio) of a revived stage 1: each gene uniform over
+    its choices, the draws with topk > regions^2 rejected (every regions choice fits the map, see above)."""
+    law = Counter()
+    for a in attn:
+        for k in choices.topk:
+            for r in choices.regions:
+                for m in choices.mlp_ratio:
+                    if a == "mhsa":
+                        law[(a, None, None, m)] += 1
+                    elif k <= r * r:
+                        law[(a, k, r, m)] += 1
+    return law
+
+
+def _assert_follows(observed: Counter, law: Counter) -> None:
+    """Chi-square goodness of fit; p < 0.001 fails (the seeds are fixed, so the outcome is too)."""
+    assert set(observed) <= set(law), set(observed) - set(law)
+    keys = sorted(law, key=repr)
+    counts = np.array([observed[k] for k in keys], dtype=float)
+    expected = np.array([law[k] for k in keys], dtype=float)
+    expected *= counts.sum() / expected.sum()
+    assert expected.min() >= 20, expected.min()  # enough revivals for the chi-square approximation
+    p = stats.chisquare(counts, expected).pvalue
+    assert p > 1e-3, (p, dict(zip(keys, counts)), dict(zip(keys, expected)))
+
+
+def test_mutate_revives_topk_and_regions_uniformly():
+    """mhsa -> bra: the revived (topk, regions) is uniform over the valid pairs."""
+    space = load_space("tiny-32")
+    parent = _tiny_arch(space, _stage())
+    rng = np.random.default_rng(20)
+    revived = Counter()
+    for _ in range(REVIVALS):
+        s = space.mutate(parent, 0.5, rng).stages[0]
+        if s.attn == "bra":
+            revived[(s.topk, s.regions)] += 1
+    # mlp_ratio is live in the parent, so it is left out: every valid (topk, regions) pair has weight 1
+    law = Counter({(k, r): 1 for _, k, r, _ in _revival_law(space.stages[0], ("bra",))})
+    _assert_follows(revived, law)
+
+
+def test_mutate_revives_the_genes_of_an_all_skip_stage_uniformly():
+    """skip -> layer: the revived (attn, topk, regions, mlp_ratio) follows the uniform-with-rejection law."""
+    space = load_space("tiny-32")
+    parent = _tiny_arch(space, _stage(cells=("skip",), attn=None, mlp_ratio=None))
+    rng = np.random.default_rng(21)
+    revived = Counter()
+    for _ in range(REVIVALS):
+        s = space.mutate(parent, 0.5, rng).stages[0]
+        if s.has_layers:
+            revived[(s.attn, s.topk, s.regions, s.mlp_ratio)] += 1
+    _assert_follows(revived, _revival_law(space.stages[0], space.stages[0].attn))
+
+
+def test_crossover_takes_a_gene_inert_in_one_parent_from_the_other():
+    """A gene inert in one parent has no value there, so a child in which it is live has the other parent's
+    value: every live gene of a child is inherited from a parent in which it is live (never choices[0])."""
+    space = load_space("tiny-32")
+    rng = np.random.default_rng(22)
+    skip = _tiny_arch(space, _stage(cells=("skip",), attn=None, mlp_ratio=None))
+    mhsa = _tiny_arch(space, _stage(mlp_ratio=4.0))
+    bra = _tiny_arch(space, _stage(attn="bra", topk=4, regions=3, mlp_ratio=4.0))
+    for inert, live in ((skip, bra), (mhsa, bra), (skip, mhsa)):
+        want = live.stages[0]
+        for a, b in ((inert, live), (live, inert)):
+            kept = 0
+            for _ in range(300):
+                s = space.crossover(a, b, rng).stages[0]
+                if s.has_layers and s.attn == want.attn:
+                    # the genes of stage 1 inert in `inert` (attn, mlp_ratio of `skip`; topk, regions of `mhsa`)
+                    # can only come from `live`
+                    assert (s.topk, s.regions, s.mlp_ratio) == (want.topk, want.regions, want.mlp_ratio), (a, b, s)
+                    kept += 1
+            assert kept > 50  # the case was reached often
+
+
+def test_crossover_live_genes_come_from_parents_where_they_are_live():
+    """Over random parents: every live gene of a child equals that gene of a parent in which it is live."""
+    space = load_space("tiny-32")
+    rng = np.random.default_rng(23)
+    parents = _samples(space, 2 * DRAWS, 24)
+    for a, b in zip(parents[::2], parents[1::2]):
+        child = space.crossover(a, b, rng)
+        ga, gb, gc = space.encode(a), space.encode(b), space.encode(child)
+        for c, x, y, lx, ly, lc in zip(gc, ga, gb, _live(space, a), _live(space, b), _live(space, child)):
+            if lc:
+                assert (lx and c == x) or (ly and c == y)
