@@ -2,8 +2,9 @@
 
 `parse_data` turns the `--data` option into a `DataSource` (and checks its path), `load_datasets` builds the
 train and val datasets with the number of classes and a batch-level train augmentation, `holdout_split` takes a
-fixed held-out part of a train set (evolution's fitness), and `make_loader` makes a loader whose order depends only
-on (seed, epoch), sharded across ranks and able to skip the batches a resumed run has already seen.
+fixed held-out part of a train set (evolution's fitness), `train_subset` a fixed smaller train set (`--train-subset`,
+for quick studies), and `make_loader` makes a loader whose order depends only on (seed, epoch), sharded across ranks
+and able to skip the batches a resumed run has already seen.
 
 Sources:
 
@@ -14,20 +15,28 @@ Sources:
 - `cifar10:PATH`, `cifar100:PATH`: the python pickle batches, resized to img_size if it is not 32 (bilinear),
   normalised with the usual CIFAR mean and std. Train augmentation: random crop with 4 pixels of padding (scaled to
   img_size) and horizontal flip.
+- `idx:DIR`: MNIST-format IDX files in DIR (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte,
+  t10k-labels-idx1-ubyte, each plain or gzipped as NAME.gz): grey uint8 images, t10k as val, max train label + 1
+  classes. Handled as the digits: resized to img_size (bilinear), 3 channels, the train split's pixel mean and std,
+  random translation by up to img_size/8 pixels, no flips.
+- `fashion-mnist[:DIR]`: `idx:DIR` with DIR defaulting to /usr/share/datasets/fashion-mnist (where Debian's
+  `dataset-fashion-mnist` package puts the four gzipped files): 60000 train / 10000 val 28x28 images, 10 classes.
 - `imagefolder:PATH`: an ImageNet-layout tree PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg, read by timm's
   ImageDataset with timm's transforms (DeiT's recipe: RandAugment, bicubic, random erasing; mixup and cutmix are
   the training loop's). The augmentation happens in the dataset, so `Datasets.augment` is None.
 - `synthetic`: uniform random images with random labels, for benchmarks only.
 
-The in-memory sources (digits, CIFAR, synthetic) keep uint8 images at their native size and convert a batch at a
+The in-memory sources (digits, IDX, CIFAR, synthetic) keep uint8 images at their native size and convert a batch at a
 time (`TensorImages`): CIFAR-10 takes 150 MB at any img_size. Their train augmentation is a function of the batch and
 an explicit `torch.Generator`, which the training loop seeds per step, so a resumed run is bit-identical to an
 uninterrupted one. Nothing here touches the global RNG state.
 """
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,15 +46,21 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
-KINDS = ("digits", "synthetic", "imagefolder", "cifar10", "cifar100")
-FORMS = "digits, synthetic, imagefolder:PATH, cifar10:PATH, cifar100:PATH"
+KINDS = ("digits", "synthetic", "imagefolder", "cifar10", "cifar100", "idx", "fashion-mnist")
+NO_PATH = ("digits", "synthetic")  # kinds that take no path
+OPTIONAL_PATH = ("fashion-mnist",)  # kinds whose path has a default; the others require one
+FORMS = "digits, synthetic, imagefolder:PATH, cifar10:PATH, cifar100:PATH, idx:DIR, fashion-mnist[:DIR]"
 
 DATA_HELP = (
     "the data: 'digits' (default: scikit-learn's bundled 8x8 handwritten digits, upsampled to the space's image "
     "size; 1437 train / 360 val images, 10 classes, no download), 'cifar10:PATH' or 'cifar100:PATH' (the python "
     "pickle batches: PATH is the extracted 'cifar-10-batches-py' / 'cifar-100-python' folder or its parent), "
     "'imagefolder:PATH' (ImageNet layout: PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg, read with timm's "
-    "DeiT-style transforms), or 'synthetic' (random images and labels, for benchmarks only: nothing to learn)"
+    "DeiT-style transforms), 'idx:DIR' (MNIST-format IDX files in DIR: train-images-idx3-ubyte, "
+    "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, plain or .gz; grey images "
+    "treated as the digits), 'fashion-mnist[:DIR]' (idx:DIR, DIR defaulting to /usr/share/datasets/fashion-mnist "
+    "of Debian's dataset-fashion-mnist package; 60000 train / 10000 val images, 10 classes), or 'synthetic' "
+    "(random images and labels, for benchmarks only: nothing to learn)"
 )
 
 DIGITS_VAL_FRACTION = 0.2
@@ -62,6 +77,16 @@ CIFAR_LAYOUT = {  # kind: (folder name, train files, test file, label key, numbe
     "cifar100": ("cifar-100-python", ("train",), "test", b"fine_labels", 100,
                  "the python batches train and test (the 'cifar-100-python' folder)"),
 }
+# The four files of an IDX source, per split (train, val); each may also be gzipped as NAME.gz.
+IDX_FILES = (("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"))
+IDX_EXPECTED = (f"the MNIST-format IDX files {', '.join(name for split in IDX_FILES for name in split)} "
+                "(each plain or .gz)")
+IDX_TYPES = {0x08: "uint8", 0x09: "int8", 0x0B: "int16", 0x0C: "int32", 0x0D: "float32", 0x0E: "float64"}
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist puts the .gz files here
+FASHION_MNIST_PACKAGE = "dataset-fashion-mnist"
+TRAIN_SUBSET_SEED = 1  # --train-subset draws the same images for every run and --seed (not HOLDOUT_SEED's 0)
+
 IMAGENET_TRAIN_AUGMENT = dict(auto_augment="rand-m9-mstd0.5-inc1", interpolation="bicubic", re_prob=0.25,
                               re_mode="pixel")
 IMAGENET_VAL_CROP_PCT = 0.875
@@ -70,8 +95,8 @@ IMAGENET_VAL_CROP_PCT = 0.875
 @dataclass(frozen=True)
 class DataSource:
     """A parsed `--data` value: the kind of source and, for the on-disk ones, the path as given."""
-    kind: str  # "digits" | "synthetic" | "imagefolder" | "cifar10" | "cifar100"
-    path: Path | None = None
+    kind: str  # one of KINDS
+    path: Path | None = None  # None for digits, synthetic and fashion-mnist's default folder
 
     def __str__(self) -> str:  # the --data value that gives this source
         return self.kind if self.path is None else f"{self.kind}:{self.path}"
@@ -94,13 +119,16 @@ class Datasets:
 # ---------------------------------------------------------------------------------------------------- parsing
 
 def parse_data(text: str) -> DataSource:
-    """Parse a `--data` value ("digits", "synthetic", "imagefolder:PATH", "cifar10:PATH", "cifar100:PATH") and
-    check that PATH holds what its kind expects; ValueError naming the value, the path and what was expected."""
+    """Parse a `--data` value (one of FORMS) and check that its path (or fashion-mnist's default folder) holds what
+    its kind expects; ValueError naming the value, the path and what was expected."""
     kind, sep, path = text.partition(":")
-    if kind not in KINDS or (kind in ("digits", "synthetic")) == bool(sep):
+    if kind not in KINDS or (kind in NO_PATH and sep) or (not sep and kind not in NO_PATH + OPTIONAL_PATH):
         raise ValueError(f"--data {text!r}: expected one of {FORMS}")
     if not sep:
-        return DataSource(kind)
+        source = DataSource(kind)
+        if kind in OPTIONAL_PATH:
+            _check_path(source)
+        return source
     if not path:
         raise ValueError(f"--data {text!r}: expected a path after '{kind}:'")
     source = DataSource(kind, Path(path).expanduser())
@@ -114,6 +142,9 @@ def _fail(source: DataSource, message: str) -> ValueError:
 
 def _check_path(source: DataSource) -> Path:
     """The folder that holds the source's files (for CIFAR, PATH or PATH/<batches folder>); ValueError if none."""
+    if source.kind in ("idx", "fashion-mnist"):
+        _idx_paths(source)
+        return _idx_folder(source)
     path = source.path
     if path is None:
         raise _fail(source, "expected a path")
@@ -137,6 +168,31 @@ def _check_path(source: DataSource) -> Path:
             missing = ", ".join(name for name in names if name not in present)
             raise _fail(source, f"{folder} lacks {missing}; expected {expected}")
     raise _fail(source, f"expected {expected} at {path} or {path / folder_name}")
+
+
+def _idx_folder(source: DataSource) -> Path:
+    """The folder of an IDX source: its path, or fashion-mnist's default folder."""
+    return FASHION_MNIST_DIR if source.path is None else source.path
+
+
+def _idx_paths(source: DataSource) -> tuple[Path, Path, Path, Path]:
+    """The four files of an IDX source (train images, train labels, val images, val labels), each NAME or else
+    NAME.gz (the plain one is preferred when both exist: nothing to decompress); ValueError naming the folder and the
+    missing files, and for fashion-mnist the Debian package that installs them."""
+    folder = _idx_folder(source)
+    install = (f"; 'apt-get install {FASHION_MNIST_PACKAGE}' puts them in {FASHION_MNIST_DIR}"
+               if source.kind == "fashion-mnist" else "")
+    if not folder.is_dir():
+        raise _fail(source, f"no such folder {folder}; expected {IDX_EXPECTED}{install}")
+    found, missing = [], []
+    for name in (name for split in IDX_FILES for name in split):
+        file = next((folder / n for n in (name, f"{name}.gz") if (folder / n).is_file()), None)
+        found.append(file)
+        if file is None:
+            missing.append(f"{name}[.gz]")
+    if missing:
+        raise _fail(source, f"{folder} lacks {', '.join(missing)}; expected {IDX_EXPECTED}{install}")
+    return tuple(found)
 
 
 def _class_folders(folder: Path) -> list[str]:
@@ -230,8 +286,8 @@ class RandomShift:
 def load_datasets(source: DataSource, img_size: int, *, synthetic_size: tuple[int, int] = (2048, 512),
                   num_classes: int = 10, seed: int = 0) -> Datasets:
     """The train and val sets of `source` at img_size x img_size. `synthetic_size` (train, val items),
-    `num_classes` and `seed` apply to the synthetic source only (the digits split is fixed; CIFAR and imagefolder
-    have their own classes). ValueError for a bad path or unreadable files."""
+    `num_classes` and `seed` apply to the synthetic source only (the digits split is fixed; IDX, CIFAR and
+    imagefolder have their own classes). ValueError for a bad path or unreadable files."""
     if source.kind not in KINDS:
         raise ValueError(f"--data {str(source)!r}: expected one of {FORMS}")
     if not isinstance(img_size, int) or img_size < 1:
@@ -243,6 +299,8 @@ def load_datasets(source: DataSource, img_size: int, *, synthetic_size: tuple[in
     folder = _check_path(source)
     if source.kind == "imagefolder":
         return _load_imagefolder(source, folder, img_size)
+    if source.kind in ("idx", "fashion-mnist"):
+        return _load_idx(source, img_size)
     return _load_cifar(source, folder, img_size)
 
 
@@ -279,6 +337,88 @@ def _load_synthetic(img_size: int, size: tuple[int, int], num_classes: int, seed
         labels = torch.randint(0, num_classes, (n,), generator=generator)
         sets.append(TensorImages(images, labels, img_size, (0.5,) * 3, (0.5,) * 3, scale=1 / 255))
     return Datasets(sets[0], sets[1], num_classes, None)
+
+
+def _read_idx(source: DataSource, file: Path, ndim: int, what: str) -> np.ndarray:
+    """The values of one IDX file as a uint8 array of the sizes in its header.
+
+    The format: a 4-byte magic number (two zero bytes, the type code, the number of dimensions), one big-endian int32
+    size per dimension, then the values in C order. Only type code 0x08 (uint8) is read: MNIST-style images and labels
+    are unsigned bytes. ValueError naming the file unless it is an `ndim`-D uint8 IDX file of exactly the bytes its
+    header gives (a truncated download is caught here, not as a shape error later)."""
+    expected = f"expected {what}: a {ndim}-D IDX file of uint8 (magic number 0x000008{ndim:02x})"
+    try:
+        if file.name.endswith(".gz"):
+            with gzip.open(file, "rb") as f:
+                raw = f.read()
+        else:
+            raw = file.read_bytes()
+    except EOFError as exc:  # gzip: the compressed stream ends early
+        raise _fail(source, f"{file} is truncated ({exc}); {expected}") from exc
+    except (OSError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        raise _fail(source, f"cannot read {file}: {exc.strerror or exc}") from exc
+    header = 4 + 4 * ndim
+    if len(raw) < 4:
+        raise _fail(source, f"{file} is truncated: {len(raw)} bytes, shorter than the 4-byte magic number; "
+                            f"{expected}")
+    if raw[:2] != b"\0\0":
+        gzipped = f" (a gzip stream: name it {file.name}.gz)" if raw[:2] == b"\x1f\x8b" else ""
+        raise _fail(source, f"{file} has magic number 0x{raw[:4].hex()}{gzipped}, not an IDX file; {expected}")
+    if raw[2] != 0x08:
+        raise _fail(source, f"{file} holds {IDX_TYPES.get(raw[2], 'unknown')} values (type code 0x{raw[2]:02x}); "
+                            f"only uint8 (0x08) is read; {expected}")
+    if raw[3] != ndim:
+        raise _fail(source, f"{file} is {raw[3]}-D; {expected}")
+    if len(raw) < header:
+        raise _fail(source, f"{file} is truncated: {len(raw)} bytes, shorter than its {header}-byte header; "
+                            f"{expected}")
+    sizes = tuple(int(v) for v in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    if min(sizes) < 0:
+        raise _fail(source, f"{file} has negative sizes {sizes} in its header; {expected}")
+    count, body = int(np.prod(sizes)), len(raw) - header
+    if body != count:
+        problem = "is truncated" if body < count else "is too long"
+        raise _fail(source, f"{file} {problem}: its header gives {' x '.join(map(str, sizes))} = {count} bytes of "
+                            f"values after the {header}-byte header, it holds {body}; {expected}")
+    return np.frombuffer(raw, dtype=np.uint8, count=count, offset=header).reshape(sizes).copy()  # writable
+
+
+def _pixel_stats(images: torch.Tensor) -> tuple[float, float]:
+    """The mean and (unbiased) std of uint8 pixels on a [0, 1] scale, from their 256-bin histogram: exact, and
+    without a float copy of the images (376 MB in float64 for Fashion-MNIST's train set; numpy's bincount would make
+    an int64 one)."""
+    counts = torch.bincount(images.flatten(), minlength=256).double()  # (256,)
+    values = torch.arange(256, dtype=torch.float64) / 255
+    n = counts.sum()
+    mean = (counts * values).sum() / n
+    std = ((counts * (values - mean) ** 2).sum() / max(n.item() - 1, 1)).sqrt().item()
+    return mean.item(), std or 1.0  # images of one grey level: nothing to scale
+
+
+def _load_idx(source: DataSource, img_size: int) -> Datasets:
+    """An IDX source, handled as the digits: grey images resized to img_size, replicated to 3 channels, normalised
+    with the train split's pixel mean and std, shifted (not flipped: digits and clothes have a handedness)."""
+    train_images, train_labels, val_images, val_labels = _idx_paths(source)
+    splits = []
+    for images_file, labels_file in ((train_images, train_labels), (val_images, val_labels)):
+        images = _read_idx(source, images_file, 3, "images")  # (N, rows, cols) uint8
+        labels = _read_idx(source, labels_file, 1, "labels")  # (N,) uint8
+        if len(labels) != len(images):
+            raise _fail(source, f"{labels_file} has {len(labels)} labels for the {len(images)} images of "
+                                f"{images_file}; expected one label per image")
+        if not len(images):
+            raise _fail(source, f"{images_file} holds no images; expected at least one")
+        splits.append((images, labels))
+    num_classes = int(splits[0][1].max()) + 1
+    if splits[1][1].max() >= num_classes:
+        raise _fail(source, f"{val_labels} has label {int(splits[1][1].max())}, but the train labels are "
+                            f"0..{num_classes - 1}; expected val labels among the train's classes")
+    splits = [(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+              for images, labels in splits]  # (N, 1, rows, cols) uint8, (N,) int64
+    mean, std = _pixel_stats(splits[0][0])  # Fashion-MNIST: about 0.286 and 0.353
+    train, val = (TensorImages(images, labels, img_size, (mean,) * 3, (std,) * 3, scale=1 / 255)
+                  for images, labels in splits)
+    return Datasets(train, val, num_classes, _shift_augment(train, img_size, flip=False))
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -369,6 +509,22 @@ def holdout_split(dataset: Dataset, size: int, seed: int = 0) -> tuple[Subset, S
     held = torch.zeros(n, dtype=torch.bool)
     held[torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size]] = True
     return Subset(dataset, (~held).nonzero().flatten().tolist()), Subset(dataset, held.nonzero().flatten().tolist())
+
+
+def train_subset(dataset: Dataset, size: int, seed: int = TRAIN_SUBSET_SEED, of: str = "the train set") -> Subset:
+    """`size` items of `dataset` (`--train-subset`), drawn by a torch.Generator seeded with `seed`, in the dataset's
+    order. The seed is a fixed constant by default, not the run's --seed, so that every run and seed of a study
+    trains on the same images. A subset of a Subset (the train set less its held-out images) is taken of the same
+    underlying dataset, so its indices stay those of the full train set. `of` names the dataset in the error:
+    ValueError naming --train-subset unless 1 <= size < len(dataset)."""
+    n = len(dataset)
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size < n:
+        raise ValueError(f"--train-subset {size!r}: expected an int in [1, {n - 1}] for the {n} images of {of} "
+                         f"(0 = train on all of them)")
+    chosen = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values.tolist()
+    if isinstance(dataset, Subset):
+        return Subset(dataset.dataset, [dataset.indices[i] for i in chosen])
+    return Subset(dataset, chosen)
 
 
 # ---------------------------------------------------------------------------------------------------- loaders

@@ -43,6 +43,7 @@ class RunConfig:
     tensorboard: bool = False
     device: str = "auto"            # auto: cuda if available (one GPU per process under torchrun), else cpu
     holdout: int = 0                # train-set images left out of training (HOLDOUT_SEED split); 0 = none
+    train_subset: int = 0           # train on a fixed seeded subset of this many of the rest; 0 = all of them
 
     LEAD: ClassVar[tuple[str, ...]] = ()  # the command's own options, written first in config.yaml
 
@@ -53,7 +54,7 @@ class RunConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
         non_negative = ("lr", "weight_decay", "warmup_epochs", "min_lr", "mixup", "cutmix", "clip_grad",
-                        "stop_after", "workers", "holdout")
+                        "stop_after", "workers", "holdout", "train_subset")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from nas import distributed
 from nas.checkpoint import load_checkpoint, save_checkpoint
 from nas.cost_model import arch_cost
-from nas.data import Datasets, holdout_split, make_loader
+from nas.data import Datasets, holdout_split, make_loader, train_subset
 from nas.distributed import Runtime
 from nas.train_config import RunConfig
 from nas.trained_supernet import HOLDOUT_SEED, load_data
@@ -88,8 +88,10 @@ class LoopResult:
 def load_training_data(cfg: RunConfig, img_size: int, num_classes: int,
                        world_size: int) -> tuple[Datasets, int]:
     """The run's datasets, whose `train` is the train set less the `cfg.holdout` held-out images (the split of
-    `nas.trained_supernet.fitness_split`, which `nas evolve` and `nas export` rank subnets on), and the number of
-    steps per epoch. ValueError naming --holdout or --batch-size when they leave nothing to train on."""
+    `nas.trained_supernet.fitness_split`, which `nas evolve` and `nas export` rank subnets on), then, with
+    `cfg.train_subset`, a fixed subset of the rest (taken after the split, so that the held-out images stay the same
+    whatever the subset), and the number of steps per epoch. ValueError naming --holdout, --train-subset or
+    --batch-size when they leave nothing to train on."""
     data = load_data(cfg.data, cfg.holdout, img_size, num_classes, cfg.seed)
     n = len(data.train)
     if cfg.holdout:
@@ -98,9 +100,13 @@ def load_training_data(cfg: RunConfig, img_size: int, num_classes: int,
                              f"{cfg.data!r} (0 = train on all of them)")
         rest, _ = holdout_split(data.train, cfg.holdout, HOLDOUT_SEED)
         data = dataclasses.replace(data, train=rest)
+    if cfg.train_subset:
+        of = f"the train set of {cfg.data!r}" + (f" less the {cfg.holdout} of --holdout" if cfg.holdout else "")
+        data = dataclasses.replace(data, train=train_subset(data.train, cfg.train_subset, of=of))
     steps_per_epoch = len(data.train) // (cfg.batch_size * world_size)
     if steps_per_epoch == 0:
-        held = f" ({n} images less the {cfg.holdout} of --holdout)" if cfg.holdout else ""
+        held = (f" of --train-subset {cfg.train_subset}" if cfg.train_subset else
+                f" ({n} images less the {cfg.holdout} of --holdout)" if cfg.holdout else "")
         raise ValueError(f"--batch-size {cfg.batch_size}: larger than the train set ({len(data.train)} images"
                          f"{held}) split over {world_size} process(es)")
     return data, steps_per_epoch

@@ -62,6 +62,9 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: RunConfig, *
     add = parser.add_argument
     add("--data", metavar="SOURCE", help=f"{DATA_HELP} (default {defaults.data})")
     add("--holdout", type=int, metavar="N", help=holdout)
+    add("--train-subset", type=int, metavar="N",
+        help="train on N images of the train set (after --holdout's are removed), a fixed draw: the same images "
+             "for every run and --seed, for quick studies; 0 = all (default 0)")
     add("--epochs", type=int, help=f"epochs over the train set (default {defaults.epochs})")
     add("--batch-size", type=int, help=f"images per step and process (default {defaults.batch_size})")
     add("--lr", type=float, help=lr)

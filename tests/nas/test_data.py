@@ -1,5 +1,6 @@
-"""The data sources of `nas train-supernet`: parsing, the fixed digits split, CIFAR pickles, image folders, errors,
-the sharded deterministic loaders and the held-out split (DESIGN section 7)."""
+"""The data sources of `nas train-supernet`: parsing, the fixed digits split, IDX files (Fashion-MNIST), CIFAR pickles,
+image folders, errors, the sharded deterministic loaders, the held-out split and the train subset (DESIGN section 7)."""
+import gzip
 import pickle
 from collections import Counter
 
@@ -8,7 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from nas.data import (DATA_HELP, DataSource, holdout_split, load_datasets, make_loader, parse_data)
+import nas.data
+from nas.checkpoint import load_checkpoint
+from nas.cli import main
+from nas.data import (DATA_HELP, DataSource, holdout_split, load_datasets, make_loader, parse_data, train_subset)
+from nas.train_config import RunConfig
+from nas.trained_supernet import fitness_split
+from nas.training_loop import load_training_data
+from search_spaces import load_space
 
 IMG = 16  # small img_size: every source resizes to it
 
@@ -38,6 +46,35 @@ def write_cifar(folder, kind, n=20, protocol=pickle.DEFAULT_PROTOCOL, rng=None):
     return written
 
 
+def idx_bytes(array, type_code=0x08):
+    """An IDX file of `array` (uint8): two zero bytes, the type code, the number of dimensions, big-endian int32
+    sizes, then the values."""
+    header = bytes([0, 0, type_code, array.ndim]) + np.asarray(array.shape, dtype=">i4").tobytes()
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+IDX_NAMES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def write_idx(folder, n_train=30, n_val=10, classes=4, size=(7, 5), gzipped=(True, False, True, False), rng=None):
+    """Fake MNIST-format files with the real names (gzipped ones as NAME.gz, by file); returns the four arrays."""
+    rng = rng or np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = []
+    for n in (n_train, n_val):
+        labels = rng.integers(0, classes, n).astype(np.uint8)
+        labels[0] = classes - 1  # the train labels name every class up to classes - 1
+        arrays += [rng.integers(0, 256, (n, *size), dtype=np.uint8), labels]
+    for name, array, gz in zip(IDX_NAMES, arrays, gzipped):
+        data = idx_bytes(array)
+        (folder / f"{name}.gz").write_bytes(gzip.compress(data)) if gz else (folder / name).write_bytes(data)
+    return arrays
+
+
+def idx_file(folder, name):
+    return next(folder / n for n in (name, f"{name}.gz") if (folder / n).is_file())
+
+
 def write_images(root, split, classes, per_class=2, size=(20, 14)):
     for c, name in enumerate(classes):
         (root / split / name).mkdir(parents=True)
@@ -54,14 +91,16 @@ def test_parse_forms(tmp_path):
     assert parse_data("synthetic") == DataSource("synthetic", None)
     assert parse_data(f"cifar10:{tmp_path}") == DataSource("cifar10", tmp_path)
     assert str(parse_data(f"cifar10:{tmp_path}")) == f"cifar10:{tmp_path}"
-    for form in ("digits", "synthetic", "imagefolder:PATH", "cifar10:PATH", "cifar100:PATH"):
+    for form in ("digits", "synthetic", "imagefolder:PATH", "cifar10:PATH", "cifar100:PATH", "idx:DIR",
+                 "fashion-mnist[:DIR]"):
         assert form.split(":")[0] in DATA_HELP
 
 
-@pytest.mark.parametrize("text", ["foo", "", "digits:/x", "synthetic:3", "cifar:/x", "imagenet:/x", "Digits"])
+@pytest.mark.parametrize("text", ["foo", "", "digits:/x", "synthetic:3", "cifar:/x", "imagenet:/x", "Digits", "idx",
+                                  "mnist", "fashion_mnist", "Fashion-MNIST"])
 def test_parse_unknown_form(text):
     with pytest.raises(ValueError, match=rf"^--data '{text}': expected one of digits, synthetic, imagefolder:PATH, "
-                                         r"cifar10:PATH, cifar100:PATH$"):
+                                         r"cifar10:PATH, cifar100:PATH, idx:DIR, fashion-mnist\[:DIR\]$"):
         parse_data(text)
 
 
@@ -373,3 +412,224 @@ def test_holdout_split_errors(size):
     with pytest.raises(ValueError, match=rf"held-out size {size}: expected an int in \[1, 9\] for a train set of "
                                          r"10 items"):
         holdout_split(Items(10), size)
+
+
+# ------------------------------------------------------------------------------------------------ IDX / Fashion-MNIST
+
+@pytest.mark.parametrize("gzipped", [(True,) * 4, (False,) * 4, (True, False, False, True)],
+                         ids=["gzipped", "plain", "mixed"])
+def test_idx(tmp_path, gzipped):
+    train_images, train_labels, val_images, val_labels = write_idx(tmp_path, gzipped=gzipped)
+    source = parse_data(f"idx:{tmp_path}")
+    assert source == DataSource("idx", tmp_path) and str(source) == f"idx:{tmp_path}"
+    data = load_datasets(source, IMG)
+    assert (len(data.train), len(data.val), data.num_classes) == (30, 10, 4)  # max train label + 1
+    assert torch.equal(data.train.images, torch.from_numpy(train_images).unsqueeze(1))  # (30, 1, 7, 5) uint8
+    assert data.train.labels.tolist() == train_labels.tolist() and data.val.labels.tolist() == val_labels.tolist()
+    x, y = data.val[3]
+    assert x.shape == (3, IMG, IMG) and x.dtype == torch.float32 and y.item() == val_labels[3]
+    assert torch.equal(x[0], x[1]) and torch.equal(x[0], x[2])  # grey, replicated
+    # normalised with the train split's pixel statistics at native size, on a [0, 1] scale
+    pixels = torch.from_numpy(train_images).double() / 255
+    assert data.train.mean[0, 0].item() == pytest.approx(pixels.mean().item(), abs=1e-6)
+    assert data.train.std[0, 0].item() == pytest.approx(pixels.std().item(), abs=1e-6)
+    native = load_datasets(source, 7)  # resizing only: at 7 x 5 -> 7 x 7 the values stay the train set's
+    expected = torch.nn.functional.interpolate(torch.from_numpy(val_images[3:4, None]).float() / 255, size=(7, 7),
+                                               mode="bilinear", align_corners=False)[0, 0]
+    assert torch.allclose(native.val[3][0][0], (expected - native.train.mean[0, 0]) / native.train.std[0, 0],
+                          atol=1e-5)
+    # the digits' augmentation: a random translation by up to img_size / 8 pixels, no flips
+    assert data.augment.pad == IMG // 8 and not data.augment.flip
+    batch = torch.stack([data.train[i][0] for i in range(8)])
+    out = data.augment(batch, torch.Generator().manual_seed(0))
+    assert out.shape == batch.shape and torch.equal(out, data.augment(batch, torch.Generator().manual_seed(0)))
+    xb, yb = next(iter(make_loader(data.train, 8, train=True)))
+    assert xb.shape == (8, 3, IMG, IMG) and yb.dtype == torch.int64
+
+
+def test_idx_prefers_the_plain_file(tmp_path):
+    write_idx(tmp_path, gzipped=(False,) * 4)
+    name = "train-labels-idx1-ubyte"
+    (tmp_path / f"{name}.gz").write_bytes(b"not gzip")  # not read while the plain file exists
+    assert load_datasets(parse_data(f"idx:{tmp_path}"), IMG).num_classes == 4
+    (tmp_path / name).unlink()
+    with pytest.raises(ValueError, match=rf"cannot read {tmp_path}/{name}\.gz: Not a gzipped file"):
+        load_datasets(parse_data(f"idx:{tmp_path}"), IMG)
+
+
+def test_idx_missing_files(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(ValueError, match=rf"^--data 'idx:{missing}': no such folder {missing}; expected the "
+                                         r"MNIST-format IDX files train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+                                         r"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte \(each plain or \.gz\)$"):
+        parse_data(f"idx:{missing}")
+    write_idx(tmp_path)
+    (tmp_path / "train-images-idx3-ubyte.gz").unlink()
+    (tmp_path / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(ValueError, match=rf"^--data 'idx:{tmp_path}': {tmp_path} lacks "
+                                         r"train-images-idx3-ubyte\[\.gz\], t10k-labels-idx1-ubyte\[\.gz\]; "
+                                         r"expected the MNIST-format IDX files"):
+        parse_data(f"idx:{tmp_path}")
+    with pytest.raises(ValueError, match=r"lacks train-images-idx3-ubyte"):  # also for a DataSource built by hand
+        load_datasets(DataSource("idx", tmp_path), IMG)
+    with pytest.raises(ValueError, match=r"^--data 'idx:': expected a path after 'idx:'$"):
+        parse_data("idx:")
+
+
+def test_fashion_mnist_forms_and_missing_files(tmp_path, monkeypatch):
+    """`fashion-mnist` reads the Debian package's folder (patched here: CI lacks the package), `fashion-mnist:DIR`
+    another one; missing files name the package that installs them."""
+    default = tmp_path / "default"
+    monkeypatch.setattr(nas.data, "FASHION_MNIST_DIR", default)
+    install = rf"; 'apt-get install dataset-fashion-mnist' puts them in {default}$"
+    with pytest.raises(ValueError, match=rf"^--data 'fashion-mnist': no such folder {default}; expected the "
+                                         rf"MNIST-format IDX files .*{install}"):
+        parse_data("fashion-mnist")
+    default.mkdir()
+    with pytest.raises(ValueError, match=rf"^--data 'fashion-mnist': {default} lacks train-images-idx3-ubyte\[\.gz\], "
+                                         rf"train-labels-idx1-ubyte\[\.gz\], t10k-images-idx3-ubyte\[\.gz\], "
+                                         rf"t10k-labels-idx1-ubyte\[\.gz\]; expected .*{install}"):
+        parse_data("fashion-mnist")
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(ValueError, match=rf"^--data 'fashion-mnist:{other}': {other} lacks .*{install}"):
+        parse_data(f"fashion-mnist:{other}")
+    with pytest.raises(ValueError, match=r"^--data 'fashion-mnist:': expected a path after 'fashion-mnist:'$"):
+        parse_data("fashion-mnist:")
+    write_idx(default, classes=10)
+    write_idx(other, classes=3)
+    assert parse_data("fashion-mnist") == DataSource("fashion-mnist", None)
+    assert str(parse_data("fashion-mnist")) == "fashion-mnist"
+    assert parse_data(f"fashion-mnist:{other}") == DataSource("fashion-mnist", other)
+    assert load_datasets(parse_data("fashion-mnist"), IMG).num_classes == 10
+    assert load_datasets(parse_data(f"fashion-mnist:{other}"), IMG).num_classes == 3
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzipped"])
+def test_idx_truncated(tmp_path, gz):
+    write_idx(tmp_path, gzipped=(gz,) * 4)
+    file = idx_file(tmp_path, "train-images-idx3-ubyte")
+    data = idx_bytes(np.zeros((30, 7, 5), np.uint8))[:-10]  # a download cut short
+    file.write_bytes(gzip.compress(data) if gz else data)
+    with pytest.raises(ValueError, match=rf"^--data 'idx:{tmp_path}': {file} is truncated: its header gives "
+                                         r"30 x 7 x 5 = 1050 bytes of values after the 16-byte header, it holds "
+                                         r"1040; expected images: a 3-D IDX file of uint8 "
+                                         r"\(magic number 0x00000803\)$"):
+        load_datasets(parse_data(f"idx:{tmp_path}"), IMG)
+    file.write_bytes(gzip.compress(data)[:-20] if gz else data[:10])  # a cut gzip stream, a cut header
+    problem = (r"is truncated \(Compressed file ended" if gz else
+               r"is truncated: 10 bytes, shorter than its 16-byte header")
+    with pytest.raises(ValueError, match=rf"{file} {problem}.*; expected images"):
+        load_datasets(parse_data(f"idx:{tmp_path}"), IMG)
+
+
+def test_idx_bad_headers(tmp_path):
+    write_idx(tmp_path, gzipped=(False,) * 4)
+    source = parse_data(f"idx:{tmp_path}")
+    images, labels = tmp_path / "train-images-idx3-ubyte", tmp_path / "train-labels-idx1-ubyte"
+    good = images.read_bytes()
+    images.write_bytes(b"\x12\x34" + good[2:])
+    with pytest.raises(ValueError, match=rf"^--data 'idx:{tmp_path}': {images} has magic number 0x12340803, not an "
+                                         r"IDX file; expected images: a 3-D IDX file of uint8 "
+                                         r"\(magic number 0x00000803\)$"):
+        load_datasets(source, IMG)
+    images.write_bytes(gzip.compress(good))  # gzipped under the plain name
+    with pytest.raises(ValueError, match=r"has magic number 0x1f8b.*\(a gzip stream: name it "
+                                         r"train-images-idx3-ubyte\.gz\)"):
+        load_datasets(source, IMG)
+    images.write_bytes(idx_bytes(np.zeros((30, 7, 5), np.uint8), type_code=0x0D))
+    with pytest.raises(ValueError, match=rf"{images} holds float32 values \(type code 0x0d\); only uint8 \(0x08\) "
+                                         r"is read; expected images"):
+        load_datasets(source, IMG)
+    images.write_bytes(good)
+    labels.write_bytes(idx_bytes(np.zeros((30, 2), np.uint8)))  # a labels file that is not 1-D
+    with pytest.raises(ValueError, match=rf"{labels} is 2-D; expected labels: a 1-D IDX file of uint8 "
+                                         r"\(magic number 0x00000801\)$"):
+        load_datasets(source, IMG)
+    labels.write_bytes(idx_bytes(np.zeros(31, np.uint8)))
+    with pytest.raises(ValueError, match=rf"^--data 'idx:{tmp_path}': {labels} has 31 labels for the 30 images of "
+                                         rf"{images}; expected one label per image$"):
+        load_datasets(source, IMG)
+    labels.write_bytes(idx_bytes(np.zeros(30, np.uint8)) + b"\0")
+    with pytest.raises(ValueError, match=rf"{labels} is too long: its header gives 30 = 30 bytes"):
+        load_datasets(source, IMG)
+    labels.write_bytes(idx_bytes(np.ones(30, np.uint8)))  # train has classes 0..1, val labels reach 3
+    with pytest.raises(ValueError, match=r"t10k-labels-idx1-ubyte has label 3, but the train labels are 0\.\.1; "
+                                         r"expected val labels among the train's classes"):
+        load_datasets(source, IMG)
+
+
+REAL_FASHION_MNIST = nas.data.FASHION_MNIST_DIR
+
+
+@pytest.mark.skipif(not all((REAL_FASHION_MNIST / f"{name}.gz").is_file() for name in IDX_NAMES),
+                    reason=f"Fashion-MNIST is not installed in {REAL_FASHION_MNIST} "
+                           f"(apt-get install dataset-fashion-mnist)")
+def test_real_fashion_mnist():
+    data = load_datasets(parse_data("fashion-mnist"), IMG)
+    assert (len(data.train), len(data.val), data.num_classes) == (60000, 10000, 10)
+    assert data.train.images.shape == (60000, 1, 28, 28) and data.val.images.shape == (10000, 1, 28, 28)
+    assert data.train.labels.bincount().tolist() == [6000] * 10 and data.val.labels.bincount().tolist() == [1000] * 10
+    assert data.train.mean[0, 0].item() == pytest.approx(0.2860, abs=1e-4)
+    assert data.train.std[0, 0].item() == pytest.approx(0.3530, abs=1e-4)
+    assert data.train[0][0].shape == (3, IMG, IMG)
+
+
+# ------------------------------------------------------------------------------------------------ train subset
+
+def test_train_subset():
+    sub = train_subset(Items(100), 30)
+    assert len(sub) == 30 and sub.indices == sorted(sub.indices) and len(set(sub.indices)) == 30
+    assert train_subset(Items(100), 30).indices == sub.indices  # a fixed draw
+    assert train_subset(Items(100), 30, seed=5).indices != sub.indices
+    assert set(train_subset(Items(100), 10).indices) < set(sub.indices)  # a smaller N draws some of a larger N's
+    # of a Subset: indices into the same underlying dataset
+    rest, held = holdout_split(Items(100), 20)
+    inner = train_subset(rest, 30)
+    assert inner.dataset is rest.dataset and set(inner.indices) <= set(rest.indices)
+    assert not set(inner.indices) & set(held.indices) and [inner[i] for i in range(30)] == inner.indices
+
+
+@pytest.mark.parametrize("size", [0, -1, 10, 11, 2.5, True])
+def test_train_subset_errors(size):
+    with pytest.raises(ValueError, match=rf"^--train-subset {size!r}: expected an int in \[1, 9\] for the 10 images "
+                                         r"of the train set \(0 = train on all of them\)$"):
+        train_subset(Items(10), size)
+
+
+def test_training_subset_after_holdout():
+    """`load_training_data` takes the subset from the train set less the held-out images: those stay fitness_split's
+    whatever the subset, and the subset is the same for every --seed."""
+    space = load_space("tiny-32")
+    _, held = fitness_split("digits", 300, space, 10)
+    data, steps = load_training_data(RunConfig(holdout=300, train_subset=200), space.img_size, 10, 1)
+    assert len(data.train) == 200 and steps == 200 // 32
+    assert not set(data.train.indices) & set(held.indices)
+    again, _ = load_training_data(RunConfig(holdout=300, train_subset=200, seed=7), space.img_size, 10, 1)
+    assert again.train.indices == data.train.indices
+    alone, _ = load_training_data(RunConfig(train_subset=200), space.img_size, 10, 1)
+    assert len(alone.train) == 200 and alone.train.indices != data.train.indices
+    with pytest.raises(ValueError, match=r"^--train-subset 1137: expected an int in \[1, 1136\] for the 1137 images "
+                                         r"of the train set of 'digits' less the 300 of --holdout"):
+        load_training_data(RunConfig(holdout=300, train_subset=1137), space.img_size, 10, 1)
+    with pytest.raises(ValueError, match=r"^--batch-size 32: larger than the train set \(20 images of "
+                                         r"--train-subset 20\) split over 1 process"):
+        load_training_data(RunConfig(train_subset=20), space.img_size, 10, 1)
+    with pytest.raises(ValueError, match=r"^--train-subset must be >= 0, got -1$"):
+        RunConfig(train_subset=-1).validate()
+
+
+def test_cli_trains_on_idx_with_a_subset(tmp_path, capsys):
+    """`--data idx:DIR --train-subset N` end to end: the run trains N images and records both in config.yaml; a too
+    large N is one line with exit status 2."""
+    write_idx(tmp_path / "idx", n_train=40, n_val=8, classes=3)
+    argv = ["train-supernet", "--data", f"idx:{tmp_path / 'idx'}", "--batch-size", "8", "--epochs", "1",
+            "--eval-random", "0", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "big"), "--train-subset", "40"]) == 2
+    err = capsys.readouterr().err
+    assert "--train-subset 40: expected an int in [1, 39] for the 40 images of the train set of 'idx:" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert main([*argv, "--out", str(tmp_path / "run"), "--train-subset", "16"]) == 0
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert "train_subset: 16" in config and f"data: idx:{tmp_path / 'idx'}" in config
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 16 // 8  # one epoch of the subset
