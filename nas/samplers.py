@@ -63,11 +63,24 @@ class SandwichSampler:
         return [self.largest, self.smallest, *self.uniform.archs(step)]
 
 
-def build_sampler(name: str, space: SearchSpace, seed: int):
+class LargestFirst:
+    """Once-for-all's warm-up: the first `steps` steps train the largest subnet alone, then `inner` samples."""
+
+    def __init__(self, inner, space: SearchSpace, steps: int):
+        self.inner, self.steps, self.largest = inner, steps, extreme_arch(space, largest=True)
+
+    def archs(self, step: int) -> list[Arch]:
+        return [self.largest] if step < self.steps else self.inner.archs(step)
+
+
+def build_sampler(name: str, space: SearchSpace, seed: int, warmup_largest_steps: int = 0):
+    """The sampler called `name`; with `warmup_largest_steps`, preceded by that many steps of the largest subnet."""
     if name == "uniform":
-        return UniformSampler(space, seed)
-    if name == "flops-uniform":
-        return FlopsUniformSampler(space, seed)
-    if name == "sandwich":
-        return SandwichSampler(space, seed)
-    raise ValueError(f"--sampler {name!r}: choose from {list(SAMPLERS)}")
+        sampler = UniformSampler(space, seed)
+    elif name == "flops-uniform":
+        sampler = FlopsUniformSampler(space, seed)
+    elif name == "sandwich":
+        sampler = SandwichSampler(space, seed)
+    else:
+        raise ValueError(f"--sampler {name!r}: choose from {list(SAMPLERS)}")
+    return LargestFirst(sampler, space, warmup_largest_steps) if warmup_largest_steps else sampler

@@ -84,6 +84,8 @@ class TrainConfig(RunConfig):
     space: str = "tiny-32"
     sampler: str = "uniform"
     eval_random: int = 3            # random subnets in the final table, besides the largest and smallest
+    distill: bool = False           # in-place distillation from the largest subnet of each step (BigNAS)
+    warmup_largest: float = 0.0     # epochs of training the largest subnet alone before sampling (once-for-all)
 
     LEAD: ClassVar[tuple[str, ...]] = ("space",)
 
@@ -91,6 +93,8 @@ class TrainConfig(RunConfig):
         super().validate()
         if self.eval_random < 0:
             raise ValueError(f"--eval-random must be >= 0, got {self.eval_random}")
+        if not 0 <= self.warmup_largest <= self.epochs:
+            raise ValueError(f"--warmup-largest must be in [0, --epochs {self.epochs}] epochs, got {self.warmup_largest}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"--sampler {self.sampler!r}: choose from {list(SAMPLERS)}")
         return self

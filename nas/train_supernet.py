@@ -52,7 +52,7 @@ def train_supernet(cfg: TrainConfig, console: Console | None = None) -> RunResul
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     supernet = Supernet(space, num_classes=data.num_classes).to(runtime.device)
     optimizer = make_optimizer(supernet, cfg)
-    sampler = build_sampler(cfg.sampler, space, cfg.seed)
+    sampler = build_sampler(cfg.sampler, space, cfg.seed, round(cfg.warmup_largest * steps_per_epoch))
 
     def check_resume(state: dict) -> None:
         if state.get("kind", "supernet") != "supernet":
@@ -64,10 +64,11 @@ def train_supernet(cfg: TrainConfig, console: Console | None = None) -> RunResul
     trainee = Trainee(
         model=supernet, optimizer=optimizer, stepper=SubnetOptimizer(optimizer, supernet), archs=sampler.archs,
         activate=supernet.set_active, space=space, find_unused_parameters=True,  # each step trains another subnet
-        label="subnet", check_resume=check_resume,
+        label="subnet", check_resume=check_resume, teacher=extreme_arch(space, largest=True) if cfg.distill else None,
         checkpoint={"kind": "supernet", "space": space.to_dict(), "space_name": space.name, "space_ref": space.ref,
                     "space_hash": space.hash,
-                    "sampler": {"name": cfg.sampler, "seed": cfg.seed}})  # arch of step t = f(seed, t)
+                    "sampler": {"name": cfg.sampler, "seed": cfg.seed,  # arch of step t = f(seed, t)
+                                "warmup_largest": cfg.warmup_largest, "distill": cfg.distill}})
     loop = train_loop(cfg, trainee, data, steps_per_epoch, runtime, console)
 
     table = []

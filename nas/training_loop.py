@@ -40,6 +40,7 @@ from nas.units import human
 from search_spaces import Arch, SearchSpace
 
 CHECKPOINT = "checkpoint.pt"
+distillation = SoftTargetCrossEntropy()  # a student's loss against its teacher's probabilities
 
 
 class TrainingDiverged(RuntimeError):
@@ -72,6 +73,8 @@ class Trainee:
     label: str  # what the progress bar calls the arch of the step: "subnet", "model"
     checkpoint: dict  # entries of every checkpoint besides the common state (the space, the sampler, the arch ...)
     check_resume: Callable[[dict], None]  # raises ValueError when a checkpoint is not of this run
+    teacher: Arch | None = None  # in-place distillation: each step trains this arch on the labels first, and the
+    #                              step's other archs learn its soft predictions (BigNAS)
 
 
 @dataclass
@@ -215,13 +218,19 @@ def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch
                 if mixup is not None:
                     images, labels = mixup(images, labels)
 
-                archs = trainee.archs(step)
-                loss_sum = torch.zeros((), device=device)
+                archs = step_archs(trainee, step)
+                loss_sum, soft_targets = torch.zeros((), device=device), None
                 for i, arch in enumerate(archs):
                     trainee.activate(arch)
                     sync = wrapped.no_sync() if runtime.world_size > 1 and i < len(archs) - 1 else nullcontext()
                     with sync, torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                        loss = criterion(wrapped(images), labels) / len(archs)
+                        logits = wrapped(images)  # (B, classes)
+                        if soft_targets is None:
+                            loss = criterion(logits, labels) / len(archs)
+                        else:
+                            loss = distillation(logits, soft_targets) / len(archs)
+                    if i == 0 and trainee.teacher is not None:
+                        soft_targets = logits.detach().float().softmax(dim=-1)  # (B, classes)
                     (scaler.scale(loss) if scaler else loss).backward()
                     loss_sum += loss.detach()
                 if not distributed.all_finite(loss_sum):
@@ -270,6 +279,14 @@ def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch
         if writer is not None:
             writer.close()
     return LoopResult(step, total_steps, ema.module if ema is not None else model)
+
+
+def step_archs(trainee: Trainee, step: int) -> list[Arch]:
+    """The archs that step `step` runs, in order: the teacher first (when distilling), then the sampler's."""
+    archs = trainee.archs(step)
+    if trainee.teacher is None or archs[0] == trainee.teacher:
+        return archs
+    return [trainee.teacher, *archs]
 
 
 def tensorboard_writer(out: Path):

@@ -50,6 +50,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         holdout="leave N images of the train set out of training: the fixed split that 'nas evolve' and "
                 "'nas export' rank subnets on (they default to the run's N), so that they judge subnets on images "
                 "the supernet never saw; 0 = train on all (default 0)")
+    add("--distill", action=argparse.BooleanOptionalAction, default=None,
+        help="in-place distillation (BigNAS): every step also trains the largest subnet on the labels, and the "
+             "sampled subnets learn its soft predictions instead of the labels (one more forward and backward per "
+             "step)")
+    add("--warmup-largest", type=float, metavar="EPOCHS",
+        help="train the largest subnet alone for this many epochs before the sampler takes over (once-for-all's "
+             "warm-up; default 0)")
     add("--eval-random", type=int, help=f"random subnets in the final table (default {DEFAULTS.eval_random})")
     parser.set_defaults(func=run)
     return parser
