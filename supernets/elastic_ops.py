@@ -18,10 +18,18 @@ class Elastic:
     """Mixin of every elastic op: the active slice of its tensors, their plain twin, and the copy into it.
 
     `active_view(name, t)` slices any tensor shaped like the parameter or buffer `name` (the weight
-    itself, its gradient, optimizer state) to the active part, as a view."""
+    itself, its gradient, optimizer state) to the active part, as a view. `slice_config()` is a hashable
+    snapshot of what that slice depends on, and `config_view(config, name, t)` the slice of such a snapshot
+    whatever is active now (the optimizer guard steps the slices of a step's earlier archs by them)."""
+
+    def slice_config(self) -> tuple:
+        raise NotImplementedError
+
+    def config_view(self, config: tuple, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def active_view(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.config_view(self.slice_config(), name, tensor)
 
     def active_weights(self) -> dict[str, torch.Tensor]:
         tensors = [*self.named_parameters(recurse=False), *self.named_buffers(recurse=False)]
@@ -48,8 +56,12 @@ class ElasticLinear(Elastic, nn.Linear):
     def set_active(self, in_features: int, out_features: int) -> None:
         self.active_in, self.active_out = in_features, out_features
 
-    def active_view(self, name, tensor):
-        return _leading(tensor, self.active_out, self.active_in) if name == "weight" else tensor[:self.active_out]
+    def slice_config(self):
+        return self.active_out, self.active_in
+
+    def config_view(self, config, name, tensor):
+        out, in_ = config
+        return _leading(tensor, out, in_) if name == "weight" else tensor[:out]
 
     def plain(self):
         return PLAIN_OPS.linear(self.active_in, self.active_out, self.bias is not None)
@@ -67,8 +79,12 @@ class ElasticConv2d(Elastic, nn.Conv2d):
     def set_active(self, in_channels: int, out_channels: int, stride: int = 1) -> None:
         self.active_in, self.active_out, self.stride = in_channels, out_channels, (stride, stride)
 
-    def active_view(self, name, tensor):
-        return _leading(tensor, self.active_out, self.active_in) if name == "weight" else tensor[:self.active_out]
+    def slice_config(self):
+        return self.active_out, self.active_in
+
+    def config_view(self, config, name, tensor):
+        out, in_ = config
+        return _leading(tensor, out, in_) if name == "weight" else tensor[:out]
 
     def plain(self):
         return PLAIN_OPS.conv(self.active_in, self.active_out, self.kernel_size[0], self.stride[0],
@@ -89,8 +105,11 @@ class ElasticDWConv2d(Elastic, nn.Conv2d):
     def set_active(self, channels: int, stride: int = 1) -> None:
         self.active, self.stride = channels, (stride, stride)
 
-    def active_view(self, name, tensor):
-        return tensor[:self.active]
+    def slice_config(self):
+        return (self.active,)
+
+    def config_view(self, config, name, tensor):
+        return tensor[:config[0]]
 
     def plain(self):
         return PLAIN_OPS.dwconv(self.active, self.kernel_size[0], self.stride[0], self.bias is not None)
@@ -114,9 +133,12 @@ class ElasticConcatConv(Elastic, nn.Conv2d):
     def set_active(self, block: int, blocks: int, out_channels: int) -> None:
         self.block, self.blocks, self.active_out = block, blocks, out_channels
 
-    def active_view(self, name, tensor):  # (out, blocks, block): the active columns of every active block
-        return tensor[:self.active_out].view(self.active_out, self.max_blocks, self.max_block)[:, :self.blocks,
-                                                                                             :self.block]
+    def slice_config(self):
+        return self.active_out, self.blocks, self.block
+
+    def config_view(self, config, name, tensor):  # (out, blocks, block): the active columns of every active block
+        out, blocks, block = config
+        return tensor[:out].view(out, self.max_blocks, self.max_block)[:, :blocks, :block]
 
     def active_weights(self):
         w = self.active_view("weight", self.weight)
@@ -135,8 +157,11 @@ class _ElasticNorm(Elastic):
     def set_active(self, channels: int) -> None:
         self.active = channels
 
-    def active_view(self, name, tensor):  # num_batches_tracked (a scalar) is whole
-        return tensor[:self.active] if tensor.dim() else tensor
+    def slice_config(self):
+        return (self.active,)
+
+    def config_view(self, config, name, tensor):  # num_batches_tracked (a scalar) is whole
+        return tensor[:config[0]] if tensor.dim() else tensor
 
 
 class ElasticLayerNorm(_ElasticNorm, nn.LayerNorm):
