@@ -76,9 +76,7 @@ def _embed_cost(side: int, c_in: int, c_out: int) -> Cost:
 
 
 def _aggregation_cost(side: int, dim: int, paths: int) -> Cost:
-    """Local conv branch and the aggregation conv; zero for a single path."""
-    if paths == 1:
-        return 0, 0
+    """Local conv branch and the aggregation conv (a single path is aggregated too)."""
     local = _add(_conv(side, dim, dim, 1), _dwconv(side, dim, 3), _conv(side, dim, dim, 1), *[_norm(dim)] * 3)
     return _add(local, _conv(side, (paths + 1) * dim, dim, 1), _norm(dim))
 

@@ -173,7 +173,12 @@ class Aggregate(nn.Module):
 
 
 class Stage(nn.Module):
-    """Token pooling + multi-scale embedding, `num_paths` paths, and their aggregation when >= 2."""
+    """Token pooling + multi-scale embedding, `num_paths` paths, and their aggregation with the local branch.
+
+    A single path is aggregated too (with the local branch, as MPViT would): then every arch's stage output is the
+    same aggregation conv's output, of more or fewer blocks. Returning the path's tokens instead (the first design)
+    made a 1-path stage's output a different function of the shared weights than a 2-path stage's, and uniform SPOS
+    training stayed at chance (docs/search_quality.md)."""
 
     def __init__(self, c_in: int, genes: StageArch, head_dim: int, norm: str, ops: Ops):
         super().__init__()
@@ -181,9 +186,8 @@ class Stage(nn.Module):
         self.paths = nn.ModuleList(
             ScalePath(c_in if j == 0 else genes.dim, genes.pool if j == 0 else 1, genes, head_dim, norm, ops)
             for j in range(genes.paths))
-        multi = genes.paths >= 2
-        self.local = LocalConv(genes.dim, norm, ops) if multi else None
-        self.aggregate = Aggregate(genes.dim, genes.paths + 1, norm, ops) if multi else None
+        self.local = LocalConv(genes.dim, norm, ops)
+        self.aggregate = Aggregate(genes.dim, genes.paths + 1, norm, ops)
 
     def forward(self, x):  # (B, C_in, H, W) -> (B, C, H / pool, W / pool)
         e, outs = x, []
@@ -192,8 +196,6 @@ class Stage(nn.Module):
             if not outs:
                 e_1 = e
             outs.append(g)
-        if self.num_paths == 1:
-            return outs[0]
         return self.aggregate([self.local(e_1), *outs])
 
 

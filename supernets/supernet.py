@@ -87,13 +87,12 @@ def _activate_stage(stage: Stage, c_in: int, genes: StageArch, head_dim: int) ->
                 _activate_layer(cell.layer_a, genes, head_dim)
             if kind == "shared":
                 _activate_layer(cell.layer_b, genes, head_dim)
-    if genes.paths >= 2:
-        local = stage.local
-        local.conv1.set_active(dim, dim), local.norm1.set_active(dim)
-        local.dw.set_active(dim), local.norm2.set_active(dim)
-        local.conv2.set_active(dim, dim), local.norm3.set_active(dim)
-        stage.aggregate.conv.set_active(dim, genes.paths + 1, dim)
-        stage.aggregate.norm.set_active(dim)
+    local = stage.local
+    local.conv1.set_active(dim, dim), local.norm1.set_active(dim)
+    local.dw.set_active(dim), local.norm2.set_active(dim)
+    local.conv2.set_active(dim, dim), local.norm3.set_active(dim)
+    stage.aggregate.conv.set_active(dim, genes.paths + 1, dim)
+    stage.aggregate.norm.set_active(dim)
 
 
 def _activate_dwsep(block: DWSepConv, c_in: int, c_out: int, stride: int) -> None:
