@@ -82,6 +82,16 @@ def enumerated_space(request, tiny_space_dir) -> tuple[SearchSpace, set[Arch]]:
 
 
 @pytest.fixture
+def tiny32_ln(tmp_path) -> Path:
+    """tiny-32 with LayerNorm in its conv parts, as a space file. DDP tests need it: with BatchNorm (tiny-32's
+    choice) each rank normalises with its own batch's statistics, so 2 processes differ from 1 by design."""
+    text = (Path(__file__).parents[1] / "search_spaces" / "spaces" / "tiny-32.yaml").read_text()
+    path = tmp_path / "tiny-32-ln.yaml"
+    path.write_text(text.replace("conv_norm: bn", "conv_norm: ln").replace("name: tiny-32", "name: tiny-32-ln"))
+    return path
+
+
+@pytest.fixture
 def write_yaml():
     """write_yaml(path, data) -> path: `data` dumped as YAML, or written as is when it is a string."""
     def write(path: Path, data: object) -> Path:

@@ -125,7 +125,9 @@ def test_resumed_retrain_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_
     assert whole.top1 == second.top1
 
 
-def test_two_process_gloo_ddp_equals_one_process_with_the_same_global_batch(tmp_path, arch_file):
+def test_two_process_gloo_ddp_equals_one_process_with_the_same_global_batch(tmp_path, tiny32_ln):
+    arch_file = tmp_path / "arch_ln.yaml"  # the arch in tiny-32's LayerNorm twin (see the fixture)
+    arch_file.write_text(ARCH.replace("space: tiny-32", f"space: {tiny32_ln}"))
     single = retrain(RetrainConfig(arch=str(arch_file), out=str(tmp_path / "one"), stop_after=3, **SMALL))
     options = {**SMALL, "batch_size": SMALL["batch_size"] // 2, "stop_after": 3}  # the same global batch
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
