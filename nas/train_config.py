@@ -83,6 +83,7 @@ class TrainConfig(RunConfig):
     """`nas train-supernet`."""
     space: str = "tiny-32"
     sampler: str = "uniform"
+    holdout: int = 300              # the search ranks subnets on images the supernet never trained on
     eval_random: int = 3            # random subnets in the final table, besides the largest and smallest
     distill: bool = False           # in-place distillation from the largest subnet of each step (BigNAS)
     warmup_largest: float = 0.0     # epochs of training the largest subnet alone before sampling (once-for-all)

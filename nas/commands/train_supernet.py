@@ -49,7 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         seed=f"seed of the weights, the data order and the subnets (default {DEFAULTS.seed})",
         holdout="leave N images of the train set out of training: the fixed split that 'nas evolve' and "
                 "'nas export' rank subnets on (they default to the run's N), so that they judge subnets on images "
-                "the supernet never saw; 0 = train on all (default 0)")
+                f"the supernet never saw; 0 = train on all (default {DEFAULTS.holdout})")
     add("--distill", action=argparse.BooleanOptionalAction, default=None,
         help="in-place distillation (BigNAS): every step also trains the largest subnet on the labels, and the "
              "sampled subnets learn its soft predictions instead of the labels (one more forward and backward per "

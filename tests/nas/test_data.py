@@ -624,7 +624,7 @@ def test_cli_trains_on_idx_with_a_subset(tmp_path, capsys):
     large N is one line with exit status 2."""
     write_idx(tmp_path / "idx", n_train=40, n_val=8, classes=3)
     argv = ["train-supernet", "--data", f"idx:{tmp_path / 'idx'}", "--batch-size", "8", "--epochs", "1",
-            "--eval-random", "0", "--device", "cpu"]
+            "--eval-random", "0", "--device", "cpu", "--holdout", "0"]
     assert main([*argv, "--out", str(tmp_path / "big"), "--train-subset", "40"]) == 2
     err = capsys.readouterr().err
     assert "--train-subset 40: expected an int in [1, 39] for the 40 images of the train set of 'idx:" in err

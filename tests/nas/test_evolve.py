@@ -47,7 +47,7 @@ def one_thread():
 def checkpoint(tmp_path_factory) -> Path:
     """A real train-supernet checkpoint of tiny-32 after a few SPOS steps on digits."""
     out = tmp_path_factory.mktemp("supernet")
-    cfg = TrainConfig(epochs=1, batch_size=16, stop_after=3, eval_random=0, out=str(out), device="cpu")
+    cfg = TrainConfig(epochs=1, batch_size=16, stop_after=3, eval_random=0, out=str(out), device="cpu", holdout=0)
     train_supernet(cfg, console=Console(file=io.StringIO()))
     return out / "checkpoint.pt"
 
@@ -258,7 +258,7 @@ def test_a_budget_that_admits_few_archs_ends_the_search_early(tiny_space_dir, tm
     space_file = str(tiny_space_dir / "tiny-enum.yaml")
     space = load_space(space_file)
     cfg = TrainConfig(space=space_file, epochs=1, batch_size=16, stop_after=1, eval_random=0, out=str(tmp_path / "s"),
-                      device="cpu")
+                      device="cpu", holdout=0)
     train_supernet(cfg, console=Console(file=io.StringIO()))
     costs = sorted(arch_cost(a, space, 10)[0] for a in enumerate_archs(space))
     budget = costs[5]  # 6 archs fit, or a few more on ties

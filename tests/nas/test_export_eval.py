@@ -42,7 +42,8 @@ def one_thread():
 
 def _train(tmp: Path, space: str) -> Path:
     """A real train-supernet checkpoint after two SPOS steps on digits."""
-    cfg = TrainConfig(space=space, epochs=1, batch_size=16, stop_after=2, eval_random=0, out=str(tmp), device="cpu")
+    cfg = TrainConfig(space=space, epochs=1, batch_size=16, stop_after=2, eval_random=0, out=str(tmp), device="cpu",
+                      holdout=0)
     train_supernet(cfg, console=Console(file=io.StringIO()))
     return tmp / "checkpoint.pt"
 
