@@ -281,7 +281,7 @@ def test_resuming_with_other_settings_is_refused(checkpoint, uninterrupted, caps
     (["--flops", "0"], "expected a positive count"),
     (["--flops=-1G"], "expected a positive count"),
     (["--params", "lots"], "--params: 'lots'"),
-    (["--flops", "100K"], "below the smallest arch of space 'tiny-32': 2"),
+    (["--flops", "100K"], "below the smallest arch of space 'tiny-32': 336K (335872) MACs"),
     (["--params", "1K"], "below the smallest arch of space 'tiny-32'"),
     (["--flops", "8M", "--holdout", "5000"], "--holdout 5000: expected an int in [1, 1436]"),
     (["--flops", "8M", "--population", "0"], "--population must be an int >= 1"),

@@ -63,10 +63,12 @@ def _cli_json(*argv: str) -> dict:
 
 @pytest.fixture(scope="module")
 def ln(tmp_path_factory):
-    """tiny-32 checkpoint, an arch, and its export measured on 200 held-out images at batch 64."""
+    """A checkpoint of tiny-32's LayerNorm twin (no BatchNorm recalibration), an arch, and its export measured on
+    200 held-out images at batch 64."""
     tmp = tmp_path_factory.mktemp("ln")
-    checkpoint = _train(tmp / "run", "tiny-32")
-    arch_file = _sample_arch("tiny-32", 3, tmp / "arch.yaml")
+    space_file = _space_variant(tmp, "ln")
+    checkpoint = _train(tmp / "run", space_file)
+    arch_file = _sample_arch(space_file, 3, tmp / "arch.yaml")
     out = tmp / "export"
     meta = _cli_json("export", "--supernet", str(checkpoint), "--arch", str(arch_file), "--out", str(out),
                      "--holdout", "200", "--batch-size", "64", "--device", "cpu")
@@ -77,11 +79,17 @@ def ln(tmp_path_factory):
 def bn_checkpoint(tmp_path_factory):
     """A checkpoint of tiny-32 with BatchNorm in its convolutions (a space YAML path)."""
     tmp = tmp_path_factory.mktemp("bn")
+    space_file = _space_variant(tmp, "bn")
+    return _train(tmp / "run", space_file), space_file
+
+
+def _space_variant(folder: Path, conv_norm: str) -> str:
+    """tiny-32 with `conv_norm` in its convolutions, as a space YAML path."""
     text = load_space("tiny-32").to_dict()
-    text.update(name="tiny-32-bn", conv_norm="bn")
-    space_file = tmp / "tiny-32-bn.yaml"
+    text.update(name=f"tiny-32-{conv_norm}", conv_norm=conv_norm)
+    space_file = folder / f"tiny-32-{conv_norm}.yaml"
     space_file.write_text(yaml.safe_dump(text))
-    return _train(tmp / "run", str(space_file)), str(space_file)
+    return str(space_file)
 
 
 def run_error(capsys, *argv: str) -> str:
@@ -145,7 +153,7 @@ def test_meta_records_space_checkpoint_arch_and_cost(ln):
     arch, space = load_arch(arch_file)
     model = read_exported(out).model
     macs, params = arch_cost(arch, space, 10)
-    assert (meta["space"], meta["space_hash"], meta["arch_hash"]) == ("tiny-32", space.hash, arch.hash)
+    assert (meta["space"], meta["space_hash"], meta["arch_hash"]) == ("tiny-32-ln", space.hash, arch.hash)
     assert (meta["macs"], meta["params"]) == (macs, params)
     assert params == sum(p.numel() for p in model.parameters())
     assert (meta["num_classes"], meta["img_size"]) == (10, 32)

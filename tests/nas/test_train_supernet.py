@@ -133,7 +133,7 @@ def test_holdout_images_are_never_trained_on(tmp_path, monkeypatch):
         return loader
 
     monkeypatch.setattr(nas.training_loop, "make_loader", recording)
-    result = train_supernet(TrainConfig(out=str(tmp_path), holdout=300, stop_after=1, **SMALL))
+    result = train_supernet(TrainConfig(out=str(tmp_path), stop_after=1, **{**SMALL, "holdout": 300}))
     space = load_space("tiny-32")
     rest, held = fitness_split("digits", 300, space, 10)  # what nas evolve and nas export rank subnets on
     assert len(trained) == (1437 - 300) // 64 * 64  # one epoch's batches: 17 steps, not 22
