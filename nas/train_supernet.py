@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nas import distributed
+from nas.atomic_files import atomic_write
 from nas.cost_model import arch_cost, extreme_arch
 from nas.data import make_loader
 from nas.evaluate import BN_RECALIBRATION_BATCHES, recalibrate_batchnorm, top1
@@ -75,7 +76,7 @@ def train_supernet(cfg: TrainConfig, console: Console | None = None) -> RunResul
     if loop.finished:
         table = evaluate_subnets(loop.final, space, data, cfg, runtime)
         if runtime.is_main:
-            (out / "final_eval.json").write_text(json.dumps(table, indent=2))
+            atomic_write(out / "final_eval.json", json.dumps(table, indent=2).encode())
             _print_table(console, table)
     return RunResult(out, loop.step, loop.finished, table)
 
