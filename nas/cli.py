@@ -2,13 +2,16 @@
 
 A command module exposes `add_parser(subparsers)`, which adds its parser, sets `func(args)` and returns it.
 `func` raises ValueError (or OSError) for user mistakes; `main` turns them into one error line and
-exit status 2, as argparse does for bad options.
+exit status 2, as argparse does for bad options. Ctrl-C and SIGTERM raise `nas.interrupts.Stopped`; a command
+saves what it can and says how to resume, and `main` exits 130 / 143 without a traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from nas.interrupts import Stopped, stop_on_signals
 
 # Registering a new command = adding its module name here (in the order `nas --help` lists them).
 COMMANDS = ("space", "sample", "flops", "train-supernet", "evolve", "export", "eval", "retrain")
@@ -41,8 +44,12 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help and usage errors: return the status instead of exiting the caller
         return exc.code
+    stop_on_signals()
     try:
         status = args.func(args)
+    except Stopped as stop:
+        print(f"{args.prog}: stopped by {stop}" + (f"; {stop.note}" if stop.note else ""), file=sys.stderr)
+        return stop.exit_status
     except OSError as exc:
         return _fail(args.prog, f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except ValueError as exc:
