@@ -29,3 +29,11 @@ def atomic_path(path: str | Path):
 def atomic_write(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the temp files that killed atomic writes left in `folder`; call it only where one process writes."""
+    stale = sorted(Path(folder).glob(".*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return stale
