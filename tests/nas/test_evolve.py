@@ -4,7 +4,6 @@ right, and user mistakes are one error line with status 2."""
 import csv
 import io
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -181,46 +180,101 @@ def test_an_interrupted_search_resumes_to_the_same_result(checkpoint, uninterrup
     assert [(c.arch, c.top1) for c in result.rows] == [(c.arch, c.top1) for c in reference.rows]
 
 
+# A `nas evolve` child process with test hooks, set by environment variables, that park it at a known point
+# (until a signal ends it) and write PARK_MARKER there, so a test acts on an event, never after a delay:
+# PARK_AT_EVALUATION=N parks it in its evaluation N + 1 (N evaluated); PARK_IN_LOCK_AFTER=N parks it inside a
+# journal append (holding LOCK, the journal's lock) once N are evaluated; MEET=DIR makes the first evaluation
+# of each worker wait until MEET_COUNT workers have begun one (so each evaluates at least one).
 WORKER = """\
-import sys, time
+import os, sys, time
+from pathlib import Path
 import nas.fitness
-original = nas.fitness.Fitness.__call__
-def slow(self, arch):  # slow enough that the workers overlap and a kill lands mid-search
-    time.sleep(float(sys.argv[1]))
-    return original(self, arch)
-nas.fitness.Fitness.__call__ = slow
+
+hooks, evaluated = os.environ, 0
+original_fitness, original_fsync = nas.fitness.Fitness.__call__, os.fsync
+
+def park():
+    Path(hooks["PARK_MARKER"]).write_text(str(os.getpid()))
+    while True:
+        time.sleep(0.05)
+
+def meet(folder):
+    (folder / str(os.getpid())).touch()
+    deadline = time.monotonic() + 600  # a hang guard only
+    while len(list(folder.iterdir())) < int(hooks.get("MEET_COUNT", 2)):
+        if time.monotonic() > deadline:
+            sys.exit("the other workers never began an evaluation")
+        time.sleep(0.05)
+
+def fitness(self, arch):
+    global evaluated
+    if evaluated == int(hooks.get("PARK_AT_EVALUATION", -1)):
+        park()
+    if evaluated == 0 and "MEET" in hooks:
+        meet(Path(hooks["MEET"]))
+    evaluated += 1
+    return original_fitness(self, arch)
+
+def fsync(fd):
+    original_fsync(fd)
+    if evaluated == int(hooks.get("PARK_IN_LOCK_AFTER", -1)) and os.path.lexists(hooks["LOCK"]):
+        park()
+
+nas.fitness.Fitness.__call__ = fitness
+os.fsync = fsync
 from nas.cli import main
-sys.exit(main(sys.argv[2:]))
+sys.exit(main(sys.argv[1:]))
 """
 
 
-def worker(checkpoint: Path, out: Path, delay: float, *extra: str) -> subprocess.Popen:
+def evolve_argv(checkpoint: Path, out: Path | str, *extra: str) -> list[str]:
+    """The `nas evolve` arguments of `search(checkpoint, out)` (SMALL, the budget)."""
     argv = ["evolve", "--supernet", str(checkpoint), "--flops", str(BUDGET), "--out", str(out), *extra]
     for key, value in SMALL.items():
         if key != "poll_s":
             argv += [f"--{key.replace('_', '-')}", str(value)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", WORKER, str(delay), *argv], cwd=ROOT, env=env,
+    return argv
+
+
+def worker(checkpoint: Path, out: Path | str, *extra: str, cwd: Path = ROOT, **hooks) -> subprocess.Popen:
+    """`nas evolve` of `search(checkpoint, out)` in a child process, with the WORKER hooks given."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **{k: str(v) for k, v in hooks.items()}}
+    return subprocess.Popen([sys.executable, "-c", WORKER, *evolve_argv(checkpoint, out, *extra)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def wait_for(event, what: str, process: subprocess.Popen | None = None, guard_s: float = 600):
+    """Poll `event()` until it is true; fail naming `what` if `process` ends first or the hang guard runs out."""
+    deadline = time.monotonic() + guard_s
+    while not event():
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"the search ended before {what}: {process.communicate()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after {guard_s:.0f} s (a hang guard)")
+        time.sleep(0.05)
+
+
+def finish(process: subprocess.Popen, guard_s: float = 600) -> tuple[str, str]:
+    """Wait for a child search to end (with a hang guard); (stdout, stderr)."""
+    try:
+        return process.communicate(timeout=guard_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"the search did not end within {guard_s:.0f} s (a hang guard): {process.communicate()}")
+
+
 def test_a_killed_search_resumes_to_the_same_best(checkpoint, uninterrupted, tmp_path):
-    """SIGKILL mid-evaluation leaves a RUNNING trial; the next run on this host fails it (its process is gone),
-    plans the same generations and ends with the same best arch and the same candidates."""
-    process = worker(checkpoint, tmp_path, 0.3)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if (tmp_path / "study.journal").exists() and len(completed(None, tmp_path)) >= 5:
-            break
-        time.sleep(0.1)
-    assert process.poll() is None, process.communicate()
-    process.send_signal(signal.SIGKILL)
+    """SIGKILL mid-evaluation (the 6th) leaves a RUNNING trial; the next run on this host fails it (its process
+    is gone), plans the same generations and ends with the same best arch and the same candidates."""
+    marker = tmp_path / "parked"
+    process = worker(checkpoint, tmp_path, PARK_AT_EVALUATION=5, PARK_MARKER=marker)
+    wait_for(marker.exists, "6th evaluation", process)
+    process.kill()
     process.wait()
-    done_before = len(completed(None, tmp_path))
-    assert 5 <= done_before < 18
+    assert len(completed(None, tmp_path)) == 5
     result = search(checkpoint, tmp_path)
-    assert result.events["failed_dead_trials"] in (0, 1)  # 0 if the kill fell between two trials
-    assert result.evaluated_here == 18 - done_before
+    assert result.events["failed_dead_trials"] == 1
+    assert result.evaluated_here == 18 - 5
     reference, _ = uninterrupted
     assert result.best.arch == reference.best.arch
     assert sorted(c.arch.hash for c in result.rows) == sorted(c.arch.hash for c in reference.rows)
@@ -229,10 +283,11 @@ def test_a_killed_search_resumes_to_the_same_best(checkpoint, uninterrupted, tmp
 @pytest.mark.parametrize("backend", ["journal", "sqlite"])
 def test_two_workers_share_one_study_without_duplicates(checkpoint, uninterrupted, tmp_path, backend):
     storage = f"sqlite:///{tmp_path / 'search.db'}" if backend == "sqlite" else str(tmp_path / "shared.journal")
-    # 0.5 s per evaluation: the search outlasts a worker's start-up (a few seconds), so both take part
-    processes = [worker(checkpoint, tmp_path / f"worker{i}", 0.5, "--storage", storage) for i in range(2)]
+    meet = tmp_path / "meet"
+    meet.mkdir()
+    processes = [worker(checkpoint, tmp_path / f"worker{i}", "--storage", storage, MEET=meet) for i in range(2)]
     for p in processes:
-        stdout, stderr = p.communicate(timeout=300)
+        _, stderr = finish(p)
         assert p.returncode == 0, stderr
     trials = completed(storage, tmp_path)
     hashes = [t.system_attrs[CLAIM_KEY] for t in trials]
@@ -306,10 +361,6 @@ def test_a_missing_checkpoint_is_one_error_line(tmp_path, capsys):
 def test_json_prints_the_best(uninterrupted, checkpoint, capsys):
     """Running a finished search again evaluates nothing and reports the same best."""
     result, out = uninterrupted
-    argv = ["evolve", "--supernet", str(checkpoint), "--flops", str(BUDGET), "--out", str(out), "--json"]
-    for key, value in SMALL.items():
-        if key != "poll_s":
-            argv += [f"--{key.replace('_', '-')}", str(value)]
-    assert main(argv) == 0
+    assert main(evolve_argv(checkpoint, out, "--json")) == 0
     best = yaml.safe_load(capsys.readouterr().out)  # JSON is YAML
     assert best["arch"] == result.best.arch.hash and best["candidates"] == 18
