@@ -8,6 +8,7 @@ plain AdamW step), and at the end its val top-1 is measured and the result is wr
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,13 +18,14 @@ from rich.console import Console
 from rich.table import Table
 
 from nas import distributed
+from nas.atomic_files import atomic_write
 from nas.cost_model import arch_cost
 from nas.data import make_loader
 from nas.evaluate import top1
 from nas.export import FORMAT, canonical_data
 from nas.exported_model import ARCH_FILE, ExportedModel, read_exported, write_exported
 from nas.train_config import RetrainConfig
-from nas.training_loop import CHECKPOINT, Trainee, load_training_data, make_optimizer, train_loop
+from nas.training_loop import CHECKPOINT, Trainee, final_evaluation, load_training_data, make_optimizer, train_loop
 from nas.units import human
 from search_spaces import Arch, SearchSpace, load_arch
 from supernets.nas_vit import NasViT
@@ -62,9 +64,10 @@ def resolve_arch(cfg: RetrainConfig) -> tuple[Arch, SearchSpace, ExportedModel |
     return arch, space, init
 
 
-def retrain(cfg: RetrainConfig, console: Console | None = None) -> RetrainResult:
+def retrain(cfg: RetrainConfig, console: Console | None = None, clock=time.monotonic) -> RetrainResult:
     """Train the arch's standalone network, checkpoint it, and at the end measure its val top-1 and write
-    OUT/model. ValueError for user mistakes; TrainingDiverged when the loss is not finite."""
+    OUT/model. ValueError for user mistakes; TrainingDiverged when the loss is not finite. `clock` (seconds) times
+    --save-minutes."""
     cfg.validate()
     arch, space, init = resolve_arch(cfg)
     if not cfg.arch:
@@ -94,45 +97,45 @@ def retrain(cfg: RetrainConfig, console: Console | None = None) -> RetrainResult
 
     trainee = Trainee(
         model=model, optimizer=optimizer, stepper=optimizer, archs=lambda step: [arch], activate=lambda arch: None,
-        space=space, find_unused_parameters=False, label="model", check_resume=check_resume,
+        space=space, find_unused_parameters=False, label="model", check_resume=check_resume, command="retrain",
         checkpoint={"kind": "retrain", "space": space.to_dict(), "space_name": space.name, "space_ref": space.ref,
                     "space_hash": space.hash, "arch": arch.to_dict(), "arch_hash": arch.hash, "init": cfg.init})
-    loop = train_loop(cfg, trainee, data, steps_per_epoch, runtime, console)
+    loop = train_loop(cfg, trainee, data, steps_per_epoch, runtime, console, clock)
     if not loop.finished:
         return RetrainResult(out, loop.step, False, None, None)
-
-    final = loop.final.eval()
-    val = make_loader(data.val, cfg.batch_size, train=False, rank=runtime.rank, world_size=runtime.world_size,
-                      workers=cfg.workers)
-    accuracy = top1(final, val, runtime.device)
-    folder = out / MODEL_FOLDER
-    if runtime.is_main:
-        macs, params = arch_cost(arch, space, data.num_classes)
-        meta = {
-            "format": FORMAT,
-            "space": space.name,
-            "space_ref": space.ref or space.name,
-            "space_hash": space.hash,
-            "arch_hash": arch.hash,
-            "arch_file": str(Path(cfg.arch).resolve()),
-            "num_classes": data.num_classes,
-            "img_size": space.img_size,
-            "macs": macs,
-            "params": params,
-            "retrained": {"init": str(Path(cfg.init).resolve()) if cfg.init else None,
-                          "init_meta": init.meta if init is not None else None,
-                          "checkpoint": str((out / CHECKPOINT).resolve()), "weights": "ema" if cfg.ema else "model",
-                          "steps": loop.step, "epochs": cfg.epochs, "lr": cfg.lr, "holdout": cfg.holdout},
-            "val_top1": accuracy,
-            "measured": {"data": canonical_data(cfg.data), "split": "val", "holdout": None, "images": len(data.val),
-                         "batch_size": cfg.batch_size, "device": runtime.device.type, "bn_recalibration": None},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        write_exported(folder, final, meta)
-        row = {"arch": arch.hash, "macs": macs, "params": params, "top1": accuracy, "init": cfg.init,
-               "model": str(folder)}
-        (out / "final_eval.json").write_text(json.dumps(row, indent=2))
-        _print_result(console, row)
+    with final_evaluation(loop):
+        final = loop.final.eval()
+        val = make_loader(data.val, cfg.batch_size, train=False, rank=runtime.rank, world_size=runtime.world_size,
+                          workers=cfg.workers)
+        accuracy = top1(final, val, runtime.device)
+        folder = out / MODEL_FOLDER
+        if runtime.is_main:
+            macs, params = arch_cost(arch, space, data.num_classes)
+            meta = {
+                "format": FORMAT,
+                "space": space.name,
+                "space_ref": space.ref or space.name,
+                "space_hash": space.hash,
+                "arch_hash": arch.hash,
+                "arch_file": str(Path(cfg.arch).resolve()),
+                "num_classes": data.num_classes,
+                "img_size": space.img_size,
+                "macs": macs,
+                "params": params,
+                "retrained": {"init": str(Path(cfg.init).resolve()) if cfg.init else None,
+                              "init_meta": init.meta if init is not None else None,
+                              "checkpoint": str((out / CHECKPOINT).resolve()), "weights": "ema" if cfg.ema else "model",
+                              "steps": loop.step, "epochs": cfg.epochs, "lr": cfg.lr, "holdout": cfg.holdout},
+                "val_top1": accuracy,
+                "measured": {"data": canonical_data(cfg.data), "split": "val", "holdout": None, "images": len(data.val),
+                             "batch_size": cfg.batch_size, "device": runtime.device.type, "bn_recalibration": None},
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+            write_exported(folder, final, meta)
+            row = {"arch": arch.hash, "macs": macs, "params": params, "top1": accuracy, "init": cfg.init,
+                   "model": str(folder)}
+            atomic_write(out / "final_eval.json", json.dumps(row, indent=2).encode())
+            _print_result(console, row)
     return RetrainResult(out, loop.step, True, accuracy, folder)
 
 

@@ -36,6 +36,7 @@ class RunConfig:
     seed: int = 0
     out: str = "runs/supernet"
     save_every: int = 200           # steps between checkpoints (and one at the end)
+    save_minutes: float = 10.0      # minutes between checkpoints besides --save-every's; 0 = off
     resume: bool = False
     stop_after: int = 0             # stop (with a checkpoint) after this many steps of this process; 0 = never
     workers: int = 0                # data loader worker processes
@@ -54,7 +55,7 @@ class RunConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
         non_negative = ("lr", "weight_decay", "warmup_epochs", "min_lr", "mixup", "cutmix", "clip_grad",
-                        "stop_after", "workers", "holdout", "train_subset")
+                        "save_minutes", "stop_after", "workers", "holdout", "train_subset")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")

@@ -8,6 +8,7 @@ of a sampler, and the step is guarded so that weights outside the step's subnet 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from nas.evaluate import BN_RECALIBRATION_BATCHES, recalibrate_batchnorm, top1
 from nas.samplers import build_sampler
 from nas.subnet_optimizer import SubnetOptimizer
 from nas.train_config import TrainConfig
-from nas.training_loop import CHECKPOINT, Trainee, TrainingDiverged, load_training_data, make_optimizer, train_loop
+from nas.training_loop import (CHECKPOINT, Trainee, TrainingDiverged, final_evaluation, load_training_data,
+                                make_optimizer, train_loop)
 from nas.units import human
 from search_spaces import Arch, load_space
 from supernets.supernet import Supernet
@@ -40,8 +42,9 @@ class RunResult:
     table: list[dict]  # inherited val top-1 of the evaluated subnets (empty when stopped early)
 
 
-def train_supernet(cfg: TrainConfig, console: Console | None = None) -> RunResult:
-    """Train, checkpoint, and evaluate a few subnets at the end. ValueError for user mistakes."""
+def train_supernet(cfg: TrainConfig, console: Console | None = None, clock=time.monotonic) -> RunResult:
+    """Train, checkpoint, and evaluate a few subnets at the end. ValueError for user mistakes. `clock` (seconds)
+    times --save-minutes."""
     cfg.validate()
     runtime = distributed.setup(cfg.device)
     console = console or Console(stderr=True)
@@ -65,19 +68,21 @@ def train_supernet(cfg: TrainConfig, console: Console | None = None) -> RunResul
     trainee = Trainee(
         model=supernet, optimizer=optimizer, stepper=SubnetOptimizer(optimizer, supernet), archs=sampler.archs,
         activate=supernet.set_active, space=space, find_unused_parameters=True,  # each step trains another subnet
-        label="subnet", check_resume=check_resume, teacher=extreme_arch(space, largest=True) if cfg.distill else None,
+        label="subnet", check_resume=check_resume, command="train-supernet",
+        teacher=extreme_arch(space, largest=True) if cfg.distill else None,
         checkpoint={"kind": "supernet", "space": space.to_dict(), "space_name": space.name, "space_ref": space.ref,
                     "space_hash": space.hash,
                     "sampler": {"name": cfg.sampler, "seed": cfg.seed,  # arch of step t = f(seed, t)
                                 "warmup_largest": cfg.warmup_largest, "distill": cfg.distill}})
-    loop = train_loop(cfg, trainee, data, steps_per_epoch, runtime, console)
+    loop = train_loop(cfg, trainee, data, steps_per_epoch, runtime, console, clock)
 
     table = []
     if loop.finished:
-        table = evaluate_subnets(loop.final, space, data, cfg, runtime)
-        if runtime.is_main:
-            atomic_write(out / "final_eval.json", json.dumps(table, indent=2).encode())
-            _print_table(console, table)
+        with final_evaluation(loop):
+            table = evaluate_subnets(loop.final, space, data, cfg, runtime)
+            if runtime.is_main:
+                atomic_write(out / "final_eval.json", json.dumps(table, indent=2).encode())
+                _print_table(console, table)
     return RunResult(out, loop.step, loop.finished, table)
 
 

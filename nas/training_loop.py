@@ -2,18 +2,21 @@
 
 The loop owns what both commands do the same way: the train set less its held-out images, timm's AdamW, the
 per-step cosine schedule with warmup, label smoothing or mixup/cutmix, the EMA, AMP on CUDA, gradient clipping,
-DDP under torchrun, the NaN stop, atomic checkpoints and a bit-identical resume, the rich progress bar and
-metrics.jsonl. What differs is a `Trainee`: the network, which arch(s) a step trains (a supernet's sampler, or
-the one arch of a standalone network), what steps the optimizer (the supernet's unused-weights guard, or the plain
-optimizer), and what its checkpoints hold besides the common state.
+DDP under torchrun, the NaN stop, atomic checkpoints (also on Ctrl-C and SIGTERM) and a bit-identical resume, the
+rich progress bar and metrics.jsonl. What differs is a `Trainee`: the network, which arch(s) a step trains (a
+supernet's sampler, or the one arch of a standalone network), what steps the optimizer (the supernet's
+unused-weights guard, or the plain optimizer), and what its checkpoints hold besides the common state.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
+import signal
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,6 +37,7 @@ from nas.checkpoint import load_checkpoint, save_checkpoint
 from nas.cost_model import arch_cost
 from nas.data import Datasets, holdout_split, make_loader, train_subset
 from nas.distributed import Runtime
+from nas.interrupts import Stopped
 from nas.train_config import RunConfig
 from nas.trained_supernet import HOLDOUT_SEED, load_data
 from nas.units import human
@@ -73,6 +77,7 @@ class Trainee:
     label: str  # what the progress bar calls the arch of the step: "subnet", "model"
     checkpoint: dict  # entries of every checkpoint besides the common state (the space, the sampler, the arch ...)
     check_resume: Callable[[dict], None]  # raises ValueError when a checkpoint is not of this run
+    command: str  # the `nas` subcommand that trains it ("train-supernet"), for the resume command of a stop
     teacher: Arch | None = None  # in-place distillation: each step trains this arch on the labels first, and the
     #                              step's other archs learn its soft predictions (BigNAS)
 
@@ -82,6 +87,7 @@ class LoopResult:
     step: int
     total_steps: int
     final: nn.Module  # the weights to evaluate and ship: the EMA's when the run keeps one, else the model
+    resume_command: str  # what continues this run (to finish its final evaluation, when a stop cuts it short)
 
     @property
     def finished(self) -> bool:
@@ -129,12 +135,14 @@ def amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
 
 
 def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch: int, runtime: Runtime,
-               console: Console) -> LoopResult:
+               console: Console, clock: Callable[[], float] = time.monotonic) -> LoopResult:
     """Train `trainee` from its checkpoint in `cfg.out` (with `cfg.resume`) or from its current weights.
 
-    Writes OUT/config.yaml, OUT/metrics.jsonl and OUT/checkpoint.pt (every --save-every steps and at the last step
-    of this invocation). Stops at the end of the schedule or after `cfg.stop_after` steps. Raises TrainingDiverged
-    when the loss is not finite, ValueError when OUT holds another run's checkpoint."""
+    Writes OUT/config.yaml, OUT/metrics.jsonl and OUT/checkpoint.pt (every --save-every steps, every
+    --save-minutes by `clock` (seconds), and at the last step of this invocation). Stops at the end of the schedule
+    or after `cfg.stop_after` steps. On `Stopped` (Ctrl-C, SIGTERM) it checkpoints the last completed step, notes
+    how to resume and re-raises. Raises TrainingDiverged when the loss is not finite, ValueError when OUT holds
+    another run's checkpoint."""
     show = runtime.is_main
     out = Path(cfg.out)
     device = runtime.device
@@ -157,7 +165,7 @@ def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch
     autocast_dtype = amp_dtype(cfg.amp, device)
     scaler = torch.amp.GradScaler("cuda") if autocast_dtype == torch.float16 else None
 
-    step = 0
+    step, carried = 0, {"loss": 0.0, "steps": 0}  # carried: the log window's steps before the checkpoint
     checkpoint_path = out / CHECKPOINT
     if cfg.resume:
         state = load_checkpoint(checkpoint_path, map_location=device)
@@ -170,6 +178,7 @@ def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch
         if ema is not None and state.get("ema"):
             ema.module.load_state_dict(state["ema"])
         step = state["step"]
+        carried = state.get("log_window", {"loss": 0.0, "steps": 0})
     elif checkpoint_path.exists():
         raise ValueError(f"{str(checkpoint_path)!r} exists: pass --resume to continue that run, or another --out")
     if show:
@@ -182,6 +191,7 @@ def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                 "ema": ema.module.state_dict() if ema else None, "step": step, "num_classes": data.num_classes,
+                "log_window": {"loss": window["loss"], "steps": window["steps"]},  # a resume logs the same lines
                 "config": cfg.to_dict(), **trainee.checkpoint,
             }, checkpoint_path)
 
@@ -193,13 +203,52 @@ def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch
     metrics = (out / "metrics.jsonl").open("a") if show else None
     stop_at = min(total_steps, step + cfg.stop_after) if cfg.stop_after else total_steps
     stepper = trainee.stepper
+    schedule = SaveSchedule(cfg.save_every, cfg.save_minutes, clock)
+    resume = resume_command(trainee.command, cfg, runtime.world_size)
+
+    def forward_backward(images: torch.Tensor, labels: torch.Tensor, step: int) -> tuple[list[Arch], torch.Tensor]:
+        """The step's archs, each a forward and backward on the batch; their loss, summed. TrainingDiverged when it
+        is not finite."""
+        archs = step_archs(trainee, step)
+        loss_sum, soft_targets = torch.zeros((), device=device), None
+        for i, arch in enumerate(archs):
+            trainee.activate(arch)
+            sync = wrapped.no_sync() if runtime.world_size > 1 and i < len(archs) - 1 else nullcontext()
+            with sync, torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = wrapped(images)  # (B, classes)
+                if soft_targets is None:
+                    loss = criterion(logits, labels) / len(archs)
+                else:
+                    loss = distillation(logits, soft_targets) / len(archs)
+            if i == 0 and trainee.teacher is not None:
+                soft_targets = logits.detach().float().softmax(dim=-1)  # (B, classes)
+            (scaler.scale(loss) if scaler else loss).backward()
+            loss_sum += loss.detach()
+        if not distributed.all_finite(loss_sum):
+            raise TrainingDiverged(f"the loss became {loss_sum.item()} at step {step} ({trainee.label} "
+                                   f"{archs[-1].hash}); the last good checkpoint is "
+                                   f"{str(checkpoint_path)!r}. Lower --lr, or use --clip-grad / --amp off")
+        return archs, loss_sum
+
+    def apply_gradients() -> None:
+        """Clip the gradients, step the optimizer (through the scaler under fp16) and zero them."""
+        if scaler is not None:
+            scaler.unscale_(stepper)
+        if cfg.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+        if scaler is not None:
+            scaler.step(stepper)
+            scaler.update()
+        else:
+            stepper.step()
+        stepper.zero_grad(set_to_none=True)
 
     progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.2e}  "
                                    "{task.fields[ips]:.0f} img/s  " + trainee.label + " {task.fields[macs]} MACs"),
                         TimeRemainingColumn(), console=console, disable=not show, transient=False)
     wrapped.train()
-    loader_iter, window = None, {"loss": 0.0, "steps": 0, "images": 0, "start": time.perf_counter()}
+    loader_iter, window = None, {**carried, "images": 0, "start": time.perf_counter()}
     try:
         with progress:
             task = progress.add_task("train", total=total_steps, completed=step, epoch=f"{step // steps_per_epoch + 1}"
@@ -218,67 +267,102 @@ def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch
                 if mixup is not None:
                     images, labels = mixup(images, labels)
 
-                archs = step_archs(trainee, step)
-                loss_sum, soft_targets = torch.zeros((), device=device), None
-                for i, arch in enumerate(archs):
-                    trainee.activate(arch)
-                    sync = wrapped.no_sync() if runtime.world_size > 1 and i < len(archs) - 1 else nullcontext()
-                    with sync, torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                        logits = wrapped(images)  # (B, classes)
-                        if soft_targets is None:
-                            loss = criterion(logits, labels) / len(archs)
-                        else:
-                            loss = distillation(logits, soft_targets) / len(archs)
-                    if i == 0 and trainee.teacher is not None:
-                        soft_targets = logits.detach().float().softmax(dim=-1)  # (B, classes)
-                    (scaler.scale(loss) if scaler else loss).backward()
-                    loss_sum += loss.detach()
-                if not distributed.all_finite(loss_sum):
-                    raise TrainingDiverged(f"the loss became {loss_sum.item()} at step {step} ({trainee.label} "
-                                           f"{archs[-1].hash}); the last good checkpoint is "
-                                           f"{str(checkpoint_path)!r}. Lower --lr, or use --clip-grad / --amp off")
-                if scaler is not None:
-                    scaler.unscale_(stepper)
-                if cfg.clip_grad:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                if scaler is not None:
-                    scaler.step(stepper)
-                    scaler.update()
-                else:
-                    stepper.step()
-                stepper.zero_grad(set_to_none=True)
-                step += 1
-                scheduler.step_update(num_updates=step)
-                if ema is not None:
-                    ema.update(model, step=step)
+                with signals_deferred():  # a stop waits for the step's end: it saves a whole step
+                    archs, loss_sum = forward_backward(images, labels, step)
+                    apply_gradients()
+                    step += 1
+                    scheduler.step_update(num_updates=step)
+                    if ema is not None:
+                        ema.update(model, step=step)
 
-                window["loss"] += loss_sum.item()  # this rank's loss
-                window["steps"] += 1
-                window["images"] += images.shape[0] * runtime.world_size
-                if step % cfg.log_every == 0 or step == stop_at:
-                    elapsed = time.perf_counter() - window["start"]
-                    record = {"step": step, "epoch": epoch + 1, "loss": window["loss"] / window["steps"],
-                              "lr": optimizer.param_groups[0]["lr"],
-                              "images_per_s": window["images"] / max(elapsed, 1e-9),
-                              "macs": [arch_cost(a, trainee.space, data.num_classes)[0] for a in archs],
-                              "archs": [a.hash for a in archs]}
-                    if show:
-                        metrics.write(json.dumps(record) + "\n")
-                        metrics.flush()
-                        if writer is not None:
-                            for key in ("loss", "lr", "images_per_s"):
-                                writer.add_scalar(f"train/{key}", record[key], step)
-                    progress.update(task, completed=step, epoch=f"{epoch + 1}/{cfg.epochs}", loss=record["loss"],
-                                    lr=record["lr"], ips=record["images_per_s"], macs=human(max(record["macs"])))
-                    window = {"loss": 0.0, "steps": 0, "images": 0, "start": time.perf_counter()}
-                if step % cfg.save_every == 0 or step == stop_at:
-                    save()
+                    window["loss"] += loss_sum.item()  # this rank's loss
+                    window["steps"] += 1
+                    window["images"] += images.shape[0] * runtime.world_size
+                    if step % cfg.log_every == 0 or step == stop_at:
+                        elapsed = time.perf_counter() - window["start"]
+                        record = {"step": step, "epoch": epoch + 1, "loss": window["loss"] / window["steps"],
+                                  "lr": optimizer.param_groups[0]["lr"],
+                                  "images_per_s": window["images"] / max(elapsed, 1e-9),
+                                  "macs": [arch_cost(a, trainee.space, data.num_classes)[0] for a in archs],
+                                  "archs": [a.hash for a in archs]}
+                        if show:
+                            metrics.write(json.dumps(record) + "\n")
+                            metrics.flush()
+                            if writer is not None:
+                                for key in ("loss", "lr", "images_per_s"):
+                                    writer.add_scalar(f"train/{key}", record[key], step)
+                        progress.update(task, completed=step, epoch=f"{epoch + 1}/{cfg.epochs}", loss=record["loss"],
+                                        lr=record["lr"], ips=record["images_per_s"], macs=human(max(record["macs"])))
+                        if step % cfg.log_every == 0:  # the line of a --stop-after leaves the window open
+                            window = {"loss": 0.0, "steps": 0, "images": 0, "start": time.perf_counter()}
+                    if schedule.due(step) or step == stop_at:
+                        save()
+    except Stopped as stop:
+        save()
+        stop.note = f"checkpoint of step {step} saved; resume with: {resume}"
+        raise
     finally:
         if metrics is not None:
             metrics.close()
         if writer is not None:
             writer.close()
-    return LoopResult(step, total_steps, ema.module if ema is not None else model)
+    return LoopResult(step, total_steps, ema.module if ema is not None else model, resume)
+
+
+class SaveSchedule:
+    """When the loop checkpoints besides the last step: every `every` steps, and once `minutes` have passed on
+    `clock` (seconds) since the last such checkpoint (0 = never by time)."""
+
+    def __init__(self, every: int, minutes: float, clock: Callable[[], float]):
+        self.every, self.seconds, self.clock = every, 60 * minutes, clock
+        self.last = clock()
+
+    def due(self, step: int) -> bool:
+        """Whether to checkpoint after step `step`; reads the clock once."""
+        now = self.clock()
+        if step % self.every == 0 or (self.seconds and now - self.last >= self.seconds):
+            self.last = now
+            return True
+        return False
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # the signals that `nas.interrupts` turns into `Stopped`
+
+
+@contextmanager
+def signals_deferred():
+    """Hold SIGINT and SIGTERM until the block ends, then deliver the first to the handler it had; dropped when the
+    block raises (its error ends the run). In the main thread only (where Python runs signal handlers); elsewhere a
+    plain block."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    handlers = {signum: signal.signal(signum, lambda signum, frame: held.append(signum)) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    if held:
+        signal.raise_signal(held[0])
+
+
+@contextmanager
+def final_evaluation(loop: LoopResult):
+    """Around a command's work after its last step: a stop in it says that a resume finishes that work."""
+    try:
+        yield
+    except Stopped as stop:
+        stop.note = (f"training is complete (checkpoint of step {loop.step}) but its final evaluation was cut short; "
+                     f"finish it with: {loop.resume_command}")
+        raise
+
+
+def resume_command(command: str, cfg: RunConfig, world_size: int) -> str:
+    """The command line that continues the run in `cfg.out` (its config.yaml holds every other option)."""
+    launcher = f"torchrun --nproc_per_node={world_size} -m nas" if world_size > 1 else "nas"
+    return f"{launcher} {command} --out {shlex.quote(cfg.out)} --resume"
 
 
 def step_archs(trainee: Trainee, step: int) -> list[Arch]:

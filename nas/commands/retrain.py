@@ -15,10 +15,10 @@ plain AdamW. Without --arch, --init's own arch.yaml is trained. A single network
 epochs than a supernet: {DEFAULTS.epochs} by default; the lr is {DEFAULTS.lr:g} with or without --init
 (docs/training.md says why).
 
-Writes OUT/checkpoint.pt (every --save-every steps and at the end, atomically), OUT/config.yaml
-(the resolved options), OUT/metrics.jsonl, and at the end the network's val top-1
-(OUT/final_eval.json) and its export folder OUT/model (arch.yaml, model.safetensors, meta.json),
-which 'nas eval OUT/model' measures again."""
+Writes OUT/checkpoint.pt (every --save-every steps or --save-minutes, at the end, and on Ctrl-C or
+SIGTERM, atomically), OUT/config.yaml (the resolved options), OUT/metrics.jsonl, and at the end
+the network's val top-1 (OUT/final_eval.json) and its export folder OUT/model (arch.yaml,
+model.safetensors, meta.json), which 'nas eval OUT/model' measures again."""
 EXAMPLE = """example:
   nas sample --space tiny-32 -n 1 --out archs/ && nas retrain --arch archs/arch_000.yaml   # from scratch
   nas retrain --init exports/a0 --out runs/a0-finetuned     # fine-tune an export (its arch and weights)

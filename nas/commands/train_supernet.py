@@ -20,9 +20,10 @@ samples a subnet (from a generator seeded by the seed and the step, so every pro
 distributed run builds the same one) and updates only its weights; weights outside it do not move.
 With no options, trains tiny-32 on the bundled digits in a few minutes on a laptop CPU.
 
-Writes OUT/checkpoint.pt (every --save-every steps and at the end, atomically), OUT/config.yaml
-(the resolved options), OUT/metrics.jsonl, and at the end OUT/final_eval.json with the inherited
-val top-1 of the largest, the smallest and a few random subnets."""
+Writes OUT/checkpoint.pt (every --save-every steps or --save-minutes, at the end, and on Ctrl-C or
+SIGTERM, atomically), OUT/config.yaml (the resolved options), OUT/metrics.jsonl, and at the end
+OUT/final_eval.json with the inherited val top-1 of the largest, the smallest and a few random
+subnets."""
 EXAMPLE = """example:
   nas train-supernet                                     # tiny-32 on the bundled digits
   nas train-supernet --holdout 300                       # keep 300 train images unseen for nas evolve
@@ -90,6 +91,9 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: RunConfig, *
     add("--seed", type=int, help=seed)
     add("--out", metavar="DIR", help=f"run folder (default {defaults.out})")
     add("--save-every", type=int, help=f"steps between checkpoints (default {defaults.save_every})")
+    add("--save-minutes", type=float, metavar="MINUTES",
+        help="also checkpoint when this many minutes have passed since the last checkpoint; 0 = off "
+             f"(default {defaults.save_minutes:g})")
     add("--resume", action="store_true", default=None,
         help="continue the run in --out from its checkpoint (its config.yaml gives the defaults)")
     add("--stop-after", type=int, help="stop after this many steps with a checkpoint (to fit a job's time "
