@@ -124,8 +124,20 @@ def _trained_on(sets: MeasurementData, config: dict) -> bool | None:
     return sets.holdout > (config.get("holdout") or 0) if same_data else None
 
 
-def _existing_export_files(folder: Path) -> list[str]:
-    return [name for name in (ARCH_FILE, WEIGHTS_FILE, META_FILE) if (folder / name).exists()]
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse an --out that the export cannot replace as a whole: a file, a folder that holds files of no export
+    (they would go with it), or an export without --force."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder")
+    names = sorted(entry.name for entry in out.iterdir()) if out.is_dir() else []
+    others = [name for name in names if name not in (ARCH_FILE, WEIGHTS_FILE, META_FILE)]
+    if others:
+        raise ValueError(f"--out {str(out)!r} holds files that are not an export's ({', '.join(others[:3])}"
+                         f"{', ...' if len(others) > 3 else ''}); the export replaces the whole folder: choose a new "
+                         f"or empty one")
+    if names and not force:
+        raise ValueError(f"--out {str(out)!r} already holds an export ({', '.join(names)}); pass --force to "
+                         f"replace it, or choose another folder")
 
 
 # ---------------------------------------------------------------------------------------------------- export
@@ -138,16 +150,12 @@ def export_subnet(checkpoint: str | Path, arch_file: str | Path, out: str | Path
     `data` defaults to the training run's data and `holdout` to `default_holdout` of the run's config. The
     inherited top-1 is measured on the supernet (after BatchNorm recalibration in a BatchNorm space), as evolution
     measures fitness; the exported model holds the same weights and statistics, so `evaluate_export` reproduces it.
+    The folder is written as a whole (`write_exported`): a crash leaves the export that was there or the new one.
     ValueError for user mistakes (missing or foreign files, an arch outside the checkpoint's space, bad options)."""
     _check_positive("--batch-size", batch_size)
     _check_positive("--holdout", holdout)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a file, not a folder")
-    existing = _existing_export_files(out) if out.is_dir() else []
-    if existing and not force:
-        raise ValueError(f"--out {str(out)!r} already holds an export ({', '.join(existing)}); pass --force to "
-                         f"replace it, or choose another folder")
+    _check_out(out, force)
     dev = resolve_device(device)
 
     trained = load_trained_supernet(checkpoint, space, dev)

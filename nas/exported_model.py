@@ -3,6 +3,8 @@
     DIR/arch.yaml           the arch (names its space)
     DIR/model.safetensors   the NasViT state dict (inherited or retrained weights)
     DIR/meta.json           space name and hash, checkpoint hash, MACs, params, classes, inherited accuracy, ...
+
+The folder is written as a whole (`nas.atomic_files.atomic_folder`).
 """
 from __future__ import annotations
 
@@ -11,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from nas.atomic_files import atomic_path, atomic_write
+from nas.atomic_files import atomic_folder
 from search_spaces import Arch, SearchSpace, load_arch
 from supernets.nas_vit import NasViT
 
@@ -30,14 +32,14 @@ class ExportedModel:
 
 
 def write_exported(folder: str | Path, model: NasViT, meta: dict) -> None:
-    """Write the three files; each appears whole or not at all (temp file, then rename)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write the folder with its three files, replacing the folder at `folder` (if any) as a whole: a crash leaves
+    the old folder or the new one."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(folder / ARCH_FILE, model.arch.to_yaml().encode())
-    with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file(state, tmp, metadata={"arch_hash": model.arch.hash})
-    atomic_write(folder / META_FILE, (json.dumps(meta, indent=2) + "\n").encode())
+    weights = save(state, metadata={"arch_hash": model.arch.hash})
+    with atomic_folder(folder) as tmp:
+        (tmp / ARCH_FILE).write_bytes(model.arch.to_yaml().encode())
+        (tmp / WEIGHTS_FILE).write_bytes(weights)
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def read_exported(folder: str | Path) -> ExportedModel:

@@ -250,6 +250,11 @@ def test_export_errors_name_the_problem(ln, tmp_path, capsys):
     assert "--data 'imagefolder:" in error("--data", f"imagefolder:{tmp_path / 'nowhere'}")
     (tmp_path / "file").write_text("")
     assert "is a file" in error("--out", str(tmp_path / "file"))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("")  # the export replaces the whole folder: refused, not deleted
+    line = error("--out", str(tmp_path / "notes"))
+    assert "todo.txt" in line and "not an export's" in line
+    assert (tmp_path / "notes" / "todo.txt").exists()
     assert not (tmp_path / "e").exists()  # no error leaves a partial export
 
 
