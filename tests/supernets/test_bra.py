@@ -145,10 +145,27 @@ def test_dense_and_gather_kernels_agree_on_gradients():
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5 * scale, rtol=1e-4)
 
 
-def test_routing_gets_no_gradient_but_attention_does():
+def test_routing_gets_no_gradient_but_attention_does(monkeypatch):
+    """The routing is a non-differentiable choice (as BiFormer's): computing it from detached q and k changes no
+    gradient, while q, k and v do get gradients through the attention itself."""
+    import supernets.attention as attention
+
     attn = make_attention(2, 2)
-    x = torch.randn(1, 16, DIM, requires_grad=True)
-    out, _ = attn(x, (4, 4))
-    out.sum().backward()
-    assert attn.q.weight.grad is not None and attn.q.weight.grad.abs().sum() > 0
-    assert torch.isfinite(x.grad).all()
+    x = torch.randn(2, 16, DIM)
+
+    def gradients():
+        attn.zero_grad()
+        inp = x.clone().requires_grad_()
+        out, _ = attn(inp, (4, 4))
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        return [inp.grad] + [p.grad.clone() for p in (attn.q.weight, attn.k.weight, attn.v.weight)]
+
+    free = gradients()
+    route = attention.route_regions
+    monkeypatch.setattr(attention, "route_regions", lambda q, k, *a: route(q.detach(), k.detach(), *a))
+    detached = gradients()
+    assert all(g.abs().sum() > 0 for g in free[1:])  # q, k and v learn through the attention
+    for g, h in zip(free, detached):
+        assert torch.equal(g, h)
+    q = torch.randn(1, 4, 4, DIM, requires_grad=True)
+    assert route(q, q, 2, 2).grad_fn is None
