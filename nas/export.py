@@ -201,8 +201,7 @@ def export_subnet(checkpoint: str | Path, arch_file: str | Path, out: str | Path
                      "trained_on": trained_on},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    write_exported(out, model, meta)
-    return meta
+    return write_exported(out, model, meta)
 
 
 # ---------------------------------------------------------------------------------------------------- eval

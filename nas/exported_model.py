@@ -2,12 +2,15 @@
 
     DIR/arch.yaml           the arch (names its space)
     DIR/model.safetensors   the NasViT state dict (inherited or retrained weights)
-    DIR/meta.json           space name and hash, checkpoint hash, MACs, params, classes, inherited accuracy, ...
+    DIR/meta.json           space name and hash, checkpoint hash, MACs, params, classes, inherited accuracy,
+                            the sha256 of model.safetensors, ...
 
-The folder is written as a whole (`nas.atomic_files.atomic_folder`).
+The folder is written as a whole (`nas.atomic_files.atomic_folder`), and its weights are read only when their
+sha256 is the one meta.json records: a damaged file, or the weights of another export, is an error.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from nas.atomic_files import atomic_folder
+from nas.trained_supernet import file_sha256
 from search_spaces import Arch, SearchSpace, load_arch
 from supernets.nas_vit import NasViT
 
@@ -31,15 +35,44 @@ class ExportedModel:
     folder: Path
 
 
-def write_exported(folder: str | Path, model: NasViT, meta: dict) -> None:
+def write_exported(folder: str | Path, model: NasViT, meta: dict) -> dict:
     """Write the folder with its three files, replacing the folder at `folder` (if any) as a whole: a crash leaves
-    the old folder or the new one."""
+    the old folder or the new one. Returns meta.json as written: `meta` and `weights_sha256`."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     weights = save(state, metadata={"arch_hash": model.arch.hash})
+    meta = {**meta, "weights_sha256": hashlib.sha256(weights).hexdigest()}
     with atomic_folder(folder) as tmp:
         (tmp / ARCH_FILE).write_bytes(model.arch.to_yaml().encode())
         (tmp / WEIGHTS_FILE).write_bytes(weights)
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def read_meta(folder: Path) -> dict:
+    try:
+        return json.loads((folder / META_FILE).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{str(folder / META_FILE)!r} is not valid JSON: {exc}") from None
+
+
+def check_weights(folder: Path, meta: dict) -> None:
+    """ValueError when model.safetensors is not the file meta.json records (damaged, or of another export)."""
+    recorded = meta.get("weights_sha256")
+    if recorded is None:  # written before meta.json recorded it: nothing to check against
+        return
+    found = file_sha256(folder / WEIGHTS_FILE)
+    if found != recorded:
+        raise ValueError(f"{str(folder / WEIGHTS_FILE)!r}: the weights do not match {META_FILE} (sha256 "
+                         f"{found[:12]}..., {META_FILE} records {recorded[:12]}...): the file is damaged or from "
+                         f"another export; export it again")
+
+
+def check_weights_beside(arch_file: str | Path) -> None:
+    """For `timm.create_model("nas_vit", arch="DIR/arch.yaml", checkpoint_path="DIR/model.safetensors")`: when the
+    arch file is in an export folder, ValueError if that folder's weights do not match its meta.json."""
+    folder = Path(arch_file).parent
+    if (folder / META_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+        check_weights(folder, read_meta(folder))
 
 
 def read_exported(folder: str | Path) -> ExportedModel:
@@ -50,10 +83,8 @@ def read_exported(folder: str | Path) -> ExportedModel:
     for name in (ARCH_FILE, WEIGHTS_FILE, META_FILE):
         if not (folder / name).is_file():
             raise ValueError(f"export folder {str(folder)!r} has no {name} (written by 'nas export')")
-    try:
-        meta = json.loads((folder / META_FILE).read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{str(folder / META_FILE)!r} is not valid JSON: {exc}") from None
+    meta = read_meta(folder)
+    check_weights(folder, meta)
     arch, space = load_arch(folder / ARCH_FILE)
     model = NasViT(arch, space, meta.get("num_classes"))
     try:

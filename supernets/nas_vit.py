@@ -281,5 +281,9 @@ def nas_vit(pretrained: bool = False, arch: Arch | str | Path | None = None, spa
     kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None), kwargs.pop("cache_dir", None)
     if kwargs:
         raise ValueError(f"nas_vit got unexpected argument(s) {sorted(kwargs)}")
+    if not isinstance(arch, Arch):
+        from nas.exported_model import check_weights_beside  # nas builds on supernets: imported only here
+
+        check_weights_beside(arch)  # timm then loads checkpoint_path: refuse an export's damaged weights first
     arch, space = resolve_arch(arch, space)
     return NasViT(arch, space, num_classes)

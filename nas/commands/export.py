@@ -19,8 +19,9 @@ set (the images 'nas evolve' ranks subnets on; BatchNorm statistics are recalibr
 a BatchNorm space), then its weights are copied into the standalone model.
 
 Writes OUT/arch.yaml, OUT/model.safetensors and OUT/meta.json (space and arch hashes, checkpoint
-sha256, MACs, params, inherited top-1 and how it was measured; docs/export.md). 'nas eval OUT'
-measures the exported model on the same images and reproduces the inherited top-1."""
+and weights sha256, MACs, params, inherited top-1 and how it was measured; docs/export.md), as a
+whole: a crash or --force leaves the old export or the new one. 'nas eval OUT' measures the
+exported model on the same images and reproduces the inherited top-1."""
 EXAMPLE = """example:
   nas export --supernet runs/supernet/checkpoint.pt --arch archs/arch_000.yaml --out exports/a0
   nas export --supernet runs/in1k/checkpoint.pt --arch best.yaml --out exports/best \\

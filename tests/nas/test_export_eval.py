@@ -162,6 +162,22 @@ def test_meta_records_space_checkpoint_arch_and_cost(ln):
     assert load_arch(out / "arch.yaml")[0] == arch
     with safe_open(out / "model.safetensors", "pt") as f:
         assert f.metadata()["arch_hash"] == arch.hash
+    assert meta["weights_sha256"] == hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    assert {**json.loads((out / "meta.json").read_text()), "out": str(out)} == meta  # --json prints meta.json
+
+
+def test_eval_and_timm_refuse_weights_with_a_flipped_byte(ln, tmp_path, capsys):
+    _, _, out, meta = ln
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    weights = bytearray((damaged / "model.safetensors").read_bytes())
+    weights[-1] ^= 0x01  # the last byte of the last tensor: the file still loads, with another weight
+    (damaged / "model.safetensors").write_bytes(weights)
+    line = run_error(capsys, "eval", str(damaged), "--device", "cpu")
+    assert str(damaged / "model.safetensors") in line and "the weights do not match meta.json" in line
+    with pytest.raises(ValueError, match="the weights do not match meta.json"):
+        timm.create_model("nas_vit", arch=str(damaged / "arch.yaml"), num_classes=meta["num_classes"],
+                          checkpoint_path=str(damaged / "model.safetensors"))
 
 
 def test_held_out_images_are_those_of_the_fitness_split():
