@@ -9,6 +9,8 @@ measures the same images with the same batch size and reproduces it.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -19,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import Dataset
 
+from nas.atomic_files import FOLDER_SUFFIX
 from nas.cost_model import arch_cost
 from nas.data import make_loader, parse_data
 from nas.distributed import resolve_device
@@ -125,8 +128,8 @@ def _trained_on(sets: MeasurementData, config: dict) -> bool | None:
 
 
 def _check_out(out: Path, force: bool) -> None:
-    """Refuse an --out that the export cannot replace as a whole: a file, a folder that holds files of no export
-    (they would go with it), or an export without --force."""
+    """Refuse, before any work, an --out that the export cannot write as a whole: a file, a folder that holds files
+    of no export (they would go with it), an export without --force, or a place where no folder can be made."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} is a file, not a folder")
     names = sorted(entry.name for entry in out.iterdir()) if out.is_dir() else []
@@ -138,6 +141,19 @@ def _check_out(out: Path, force: bool) -> None:
     if names and not force:
         raise ValueError(f"--out {str(out)!r} already holds an export ({', '.join(names)}); pass --force to "
                          f"replace it, or choose another folder")
+    _check_writable(out)
+
+
+def _check_writable(out: Path) -> None:
+    """The nearest existing folder above --out lets this process make a folder in it: tried, since permissions,
+    read-only file systems and root's rights are not all told by the mode bits."""
+    above = next(folder for folder in Path(os.path.realpath(out)).parents if folder.exists())
+    if not above.is_dir():
+        raise ValueError(f"--out {str(out)!r}: {str(above)!r} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=FOLDER_SUFFIX, dir=above))  # a leftover goes too
+    except OSError as exc:
+        raise ValueError(f"--out {str(out)!r}: cannot write in {str(above)!r} ({exc.strerror})") from None
 
 
 # ---------------------------------------------------------------------------------------------------- export

@@ -4,7 +4,10 @@ import contextlib
 import hashlib
 import io
 import json
+import os
 import shutil
+import stat
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -262,16 +265,65 @@ def test_export_errors_name_the_problem(ln, tmp_path, capsys):
     assert "--holdout 0" in error("--holdout", "0")
     assert "--holdout 5000: expected an int in [1, 1436]" in error("--holdout", "5000")
     assert "--batch-size 0" in error("--batch-size", "0")
+    for option in ("--holdout", "--batch-size"):
+        assert f"{option} -1: expected an int >= 1" in error(option, "-1")
+        for value in ("nan", "inf", "1.5"):
+            assert f"argument {option}: invalid int value: '{value}'" in error(option, value)
     assert "--space 'unified-224'" in error("--space", "unified-224")
     assert "--data 'imagefolder:" in error("--data", f"imagefolder:{tmp_path / 'nowhere'}")
     (tmp_path / "file").write_text("")
     assert "is a file" in error("--out", str(tmp_path / "file"))
+    assert f"{str(tmp_path / 'file')!r} is a file" in error("--out", str(tmp_path / "file" / "e"))
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("")  # the export replaces the whole folder: refused, not deleted
     line = error("--out", str(tmp_path / "notes"))
     assert "todo.txt" in line and "not an export's" in line
     assert (tmp_path / "notes" / "todo.txt").exists()
     assert not (tmp_path / "e").exists()  # no error leaves a partial export
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder this process cannot make anything in: mode 0555, or for root (whom modes do not stop) immutable."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = False
+    if _can_write_in(folder):
+        immutable = shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder)]).returncode == 0
+        if not immutable or _can_write_in(folder):
+            pytest.skip("no way to make a read-only folder here (root without chattr +i)")
+    yield folder
+    if immutable:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    folder.chmod(0o755)
+
+
+def _can_write_in(folder: Path) -> bool:
+    try:
+        (folder / "probe").mkdir()
+    except OSError:
+        return False
+    (folder / "probe").rmdir()
+    return True
+
+
+def test_export_to_a_read_only_folder_fails_before_loading_anything(ln, read_only_folder, tmp_path, capsys):
+    _, arch_file, _, _ = ln
+    out = read_only_folder / "e"
+    missing = tmp_path / "none.pt"  # --out is checked first: not this checkpoint
+    line = run_error(capsys, "export", "--supernet", str(missing), "--arch", str(arch_file), "--out", str(out))
+    assert line.startswith(f"nas export: error: --out {str(out)!r}: cannot write in {str(read_only_folder)!r} ("), line
+    assert line.endswith(("(Permission denied)", "(Operation not permitted)")), line  # EACCES, or EPERM (immutable)
+
+
+def test_export_files_have_the_permissions_of_plain_files(ln):
+    _, _, out, _ = ln
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~umask
+    for name in ("arch.yaml", "model.safetensors", "meta.json"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o666 & ~umask, name  # 0644 under umask 022
 
 
 def test_eval_errors_name_the_problem(ln, tmp_path, capsys):
@@ -284,6 +336,11 @@ def test_eval_errors_name_the_problem(ln, tmp_path, capsys):
         shutil.copy(out / name, partial / name)
     assert "has no model.safetensors" in run_error(capsys, "eval", str(partial))
     assert "--holdout 0" in run_error(capsys, "eval", str(out), "--holdout", "0")
+    for option in ("--holdout", "--batch-size"):
+        assert f"{option} -1: expected an int >= 1" in run_error(capsys, "eval", str(out), option, "-1")
+        for value in ("nan", "inf"):
+            assert f"argument {option}: invalid int value: '{value}'" in run_error(capsys, "eval", str(out), option,
+                                                                                   value)
     assert "--holdout 5000" in run_error(capsys, "eval", str(out), "--holdout", "5000")
     assert "applies to --split holdout only" in run_error(capsys, "eval", str(out), "--split", "val",
                                                           "--holdout", "10")
