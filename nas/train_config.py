@@ -13,6 +13,7 @@ from typing import ClassVar
 
 import yaml
 
+from nas.atomic_files import atomic_write
 from nas.samplers import SAMPLERS
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
@@ -76,7 +77,15 @@ class RunConfig:
         return {**{k: values[k] for k in self.LEAD}, **{k: v for k, v in values.items() if k not in self.LEAD}}
 
     def save(self, path: Path) -> None:
-        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Write the run's options (not those of one invocation) to `path` atomically, unless it holds them already:
+        a resume with the same options leaves the file as it is."""
+        text = yaml.safe_dump({k: v for k, v in self.to_dict().items() if k not in PER_INVOCATION}, sort_keys=False)
+        try:
+            if path.read_text() == text:
+                return
+        except (OSError, UnicodeDecodeError):
+            pass  # missing or unreadable: written below
+        atomic_write(path, text.encode())
 
 
 @dataclass

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from nas import distributed
+from nas.atomic_files import atomic_write, remove_stale_temps
 from nas.checkpoint import load_checkpoint, save_checkpoint
 from nas.cost_model import arch_cost
 from nas.data import Datasets, holdout_split, make_loader, train_subset
@@ -44,6 +45,8 @@ from nas.units import human
 from search_spaces import Arch, SearchSpace
 
 CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
 distillation = SoftTargetCrossEntropy()  # a student's loss against its teacher's probabilities
 
 
@@ -182,8 +185,7 @@ def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch
     elif checkpoint_path.exists():
         raise ValueError(f"{str(checkpoint_path)!r} exists: pass --resume to continue that run, or another --out")
     if show:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg.save(out / "config.yaml")
+        prepare_run_folder(out, cfg, step)
 
     def save() -> None:
         if show:
@@ -200,7 +202,7 @@ def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch
         wrapped = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                           find_unused_parameters=trainee.find_unused_parameters)
     writer = tensorboard_writer(out) if cfg.tensorboard and show else None
-    metrics = (out / "metrics.jsonl").open("a") if show else None
+    metrics = (out / METRICS).open("a") if show else None
     stop_at = min(total_steps, step + cfg.stop_after) if cfg.stop_after else total_steps
     stepper = trainee.stepper
     schedule = SaveSchedule(cfg.save_every, cfg.save_minutes, clock)
@@ -307,6 +309,41 @@ def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch
         if writer is not None:
             writer.close()
     return LoopResult(step, total_steps, ema.module if ema is not None else model, resume)
+
+
+def prepare_run_folder(out: Path, cfg: RunConfig, step: int) -> None:
+    """Before the first step of a (resumed) run, on its only writer: remove the temp files that killed writes left,
+    write config.yaml unless it holds these options, and cut metrics.jsonl back to `step`, the checkpoint's (0 for a
+    new run): the resumed run logs the later steps again."""
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
+    cfg.save(out / CONFIG)
+    cut_metrics(out / METRICS, step)
+
+
+def cut_metrics(path: Path, step: int) -> None:
+    """Keep the lines of a metrics.jsonl up to step `step`, and none after a torn line (a killed write's)."""
+    if not path.exists():
+        return
+    lines = path.read_text(errors="replace").splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        logged = _logged_step(line)
+        if logged is None or logged > step:
+            break
+        kept.append(line)
+    if len(kept) < len(lines):
+        atomic_write(path, "".join(kept).encode())
+
+
+def _logged_step(line: str) -> int | None:
+    """The step of a whole line of metrics.jsonl; None for a torn or foreign line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    step = record.get("step") if isinstance(record, dict) and line.endswith("\n") else None
+    return step if isinstance(step, int) else None
 
 
 class SaveSchedule:

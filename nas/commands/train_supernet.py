@@ -110,15 +110,41 @@ def resolve_config(args: argparse.Namespace, kind: type[RunConfig] = TrainConfig
     if not args.resume:
         return load_config(args.config, overrides, kind=kind)
     out = Path(args.out or load_config(args.config, {}, kind=kind, validate=False).out)
-    saved = out / "config.yaml"
-    if not saved.is_file():
-        raise ValueError(f"--resume: {str(saved)!r} does not exist (no run to continue in {str(out)!r})")
-    base = yaml.safe_load(saved.read_text())
-    foreign = sorted(set(base) - set(kind.__dataclass_fields__)) if isinstance(base, dict) else ["?"]
+    base, source = saved_options(out)
+    foreign = sorted(set(base) - set(kind.__dataclass_fields__))
     if foreign:
-        raise ValueError(f"--resume: {str(saved)!r} is not the config of a run of this command (it has option(s) "
+        raise ValueError(f"--resume: {source} is not the config of a run of this command (it has option(s) "
                          f"{foreign}); choose this command's run folder with --out")
     return load_config(args.config, overrides, base=base, kind=kind)
+
+
+def saved_options(out: Path) -> tuple[dict, str]:
+    """The options of the run in `out` and where they were read: its config.yaml or, when that is missing or damaged
+    (a kill while it was written), the copy in its checkpoint. ValueError when neither can be read."""
+    saved = out / "config.yaml"
+    try:
+        options = yaml.safe_load(saved.read_text())
+        damage = None if isinstance(options, dict) else "empty" if options is None else "not a mapping of options"
+    except FileNotFoundError:
+        damage = "missing"
+    except yaml.YAMLError:
+        damage = "not valid YAML"
+    except (OSError, UnicodeDecodeError) as exc:
+        damage = f"unreadable ({type(exc).__name__})"
+    if damage is None:
+        return options, repr(str(saved))
+    from nas.checkpoint import load_checkpoint  # torch-heavy: only for a damaged run folder
+    from nas.training_loop import CHECKPOINT
+
+    checkpoint = out / CHECKPOINT
+    if damage == "missing" and not checkpoint.exists():
+        raise ValueError(f"--resume: no run to continue in {str(out)!r} (it has no config.yaml and no {CHECKPOINT})")
+    try:
+        options = load_checkpoint(checkpoint)["config"]
+    except ValueError as exc:
+        raise ValueError(f"--resume: {str(saved)!r} is {damage}, and the copy of the options in the checkpoint "
+                         f"cannot be read: {exc}") from None
+    return options, f"the config in {str(checkpoint)!r}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -63,9 +63,12 @@ def _state(out) -> dict:
     return load_checkpoint(out / "checkpoint.pt")
 
 
-def test_retrain_from_scratch_writes_an_export_folder_that_loads(tmp_path, arch_file):
+def test_retrain_from_scratch_writes_an_export_folder_that_loads(tmp_path, arch_file, monkeypatch):
     out = tmp_path / "run"
+    renamed, replace = [], os.replace  # the names that atomic writes rename into place
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(os.path.basename(dst)), replace(src, dst))[1])
     result = retrain(RetrainConfig(arch=str(arch_file), out=str(out), **SMALL))
+    assert "final_eval.json" in renamed and "config.yaml" in renamed
     assert (result.step, result.finished) == (22, True)
     exported = read_exported(out / "model")
     arch, space = load_arch(arch_file)

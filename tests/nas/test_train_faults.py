@@ -1,5 +1,6 @@
-"""Faults of a training run: Ctrl-C and SIGTERM checkpoint the last step and say how to resume, and the resumed run
-is the uninterrupted one, bit for bit; checkpoints by time."""
+"""Faults of a training run: Ctrl-C and SIGTERM checkpoint the last step and say how to resume; a kill -9 after a
+checkpoint; a damaged config.yaml; stale temp files. Each resumed run is the uninterrupted one, bit for bit, and logs
+each step once. Checkpoints by time."""
 from __future__ import annotations
 
 import itertools
@@ -7,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -146,3 +148,71 @@ def test_checkpoints_every_save_minutes_of_the_clock(tmp_path, monkeypatch, minu
                       holdout=0)
     train_supernet(cfg, clock=clock)
     assert steps == saved
+
+
+def test_a_kill_after_a_checkpoint_resumes_with_each_step_logged_once(tmp_path):
+    killed, whole = tmp_path / "killed", tmp_path / "whole"
+    command = ["train-supernet", *OPTIONS, "--log-every", "1", "--save-every", "4", "--save-minutes", "0",
+               "--eval-random", "0"]
+    child = _start(*command, "--out", str(killed))
+    metrics, target = killed / "metrics.jsonl", 6
+    while True:  # freeze the child where it has logged 2 or 3 steps after its last checkpoint, then kill it
+        _wait_for_step(metrics, child, target)
+        child.send_signal(signal.SIGSTOP)
+        last = _logged_steps(metrics)[-1]
+        if last % 4 >= 2:
+            break
+        child.send_signal(signal.SIGCONT)
+        target = last + 1
+    child.kill()
+    child.communicate(timeout=HANG)
+    saved = last - last % 4
+    assert load_checkpoint(killed / "checkpoint.pt")["step"] == saved
+    stale = killed / ".checkpoint.pt.k1ll3d.tmp"  # what a kill during a checkpoint's write leaves
+    stale.write_bytes(b"half a checkpoint")
+    config = (killed / "config.yaml").stat()
+
+    assert main(["train-supernet", "--out", str(killed), "--resume", "--stop-after", str(last + 2 - saved)]) == 0
+    assert main([*command, "--out", str(whole), "--stop-after", str(last + 2)]) == 0
+    assert _logged_steps(metrics) == list(range(1, last + 3))
+    _assert_same_run(killed, whole)
+    assert not stale.exists()
+    after = (killed / "config.yaml").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (config.st_ino, config.st_mtime_ns), "a resume rewrote config.yaml"
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory) -> Path:
+    """A run of 2 steps with options of its own (lr, save-every), to resume."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    assert main(["train-supernet", "--out", str(out), "--epochs", "1", "--batch-size", "64", "--holdout", "0",
+                 "--lr", "5e-4", "--save-every", "7", "--stop-after", "2"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("damage", [None, "", "{[ not: yaml", "- a list\n"],
+                         ids=["missing", "empty", "not-yaml", "list"])
+def test_resume_reads_the_checkpoints_options_when_config_yaml_is_damaged(stopped_run, tmp_path, damage):
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    written = (out / "config.yaml").read_text().replace(str(stopped_run), str(out))  # as if it had run here
+    if damage is None:
+        (out / "config.yaml").unlink()
+    else:
+        (out / "config.yaml").write_text(damage)
+    assert main(["train-supernet", "--out", str(out), "--resume", "--stop-after", "1"]) == 0
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["step"] == 3 and (state["config"]["lr"], state["config"]["save_every"]) == (5e-4, 7)
+    assert (out / "config.yaml").read_text() == written  # restored
+
+
+def test_a_damaged_config_yaml_and_checkpoint_are_one_line(stopped_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(stopped_run, out)
+    (out / "config.yaml").write_text("")
+    (out / "checkpoint.pt").write_bytes(b"torn")
+    assert main(["train-supernet", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert f"--resume: '{out / 'config.yaml'}' is empty, and the copy of the options in the checkpoint cannot " \
+           f"be read: checkpoint '{out / 'checkpoint.pt'}' is corrupt" in err
+    assert len(err.strip().splitlines()) == 1

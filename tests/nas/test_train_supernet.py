@@ -25,8 +25,11 @@ def _weights(out) -> dict[str, torch.Tensor]:
     return load_checkpoint(out / "checkpoint.pt")["model"]
 
 
-def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path):
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path, monkeypatch):
+    renamed, replace = [], os.replace  # the names that atomic writes rename into place
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append(os.path.basename(dst)), replace(src, dst))[1])
     whole = train_supernet(TrainConfig(out=str(tmp_path / "whole"), **SMALL))
+    assert "final_eval.json" in renamed and "config.yaml" in renamed
     first = train_supernet(TrainConfig(out=str(tmp_path / "split"), stop_after=9, **SMALL))
     assert (first.step, first.finished) == (9, False)
     assert load_checkpoint(tmp_path / "split" / "checkpoint.pt")["step"] == 9
