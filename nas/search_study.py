@@ -7,9 +7,10 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 
 DEFAULT_JOURNAL = "study.journal"
+LOCK_GRACE_S = 30  # optuna's default: a journal lock unchanged this long is taken for a killed writer's
 SETTINGS_KEY = "nas:settings"
 SCHEMA_RACE_RETRIES = 3
 STORAGE_HELP = ("where the study lives: an RDB URL (sqlite:///search.db, postgresql://user:pass@host/db, "
@@ -24,7 +25,7 @@ def open_storage(url: str | None, out: Path) -> tuple[BaseStorage, str]:
         if path.is_dir():
             raise ValueError(f"--storage {str(path)!r} is a folder; expected a journal file path or an RDB URL")
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path))), str(path)
+        return JournalStorage(_journal_backend(path.absolute())), str(path)
     import sqlalchemy.exc
 
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
@@ -38,6 +39,26 @@ def open_storage(url: str | None, out: Path) -> tuple[BaseStorage, str]:
             time.sleep(0.5)
         except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
             raise ValueError(f"--storage {url!r}: cannot open it ({type(exc).__name__}: {exc})") from None
+
+
+def _journal_backend(path: Path) -> JournalFileBackend:
+    """The journal at an absolute path, so that its lock (a symlink to that path) resolves from the lock's
+    folder: optuna's stale-lock release stats the link and, on a dangling one, waits forever."""
+    _remove_dangling_lock(Path(f"{path}.lock"))  # the name optuna gives the lock
+    return JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path), grace_period=LOCK_GRACE_S))
+
+
+def _remove_dangling_lock(lock: Path) -> None:
+    """Remove a journal lock that points nowhere (earlier versions linked it to a relative path) once it is as old
+    as optuna's grace period: optuna itself never frees it."""
+    try:
+        age = time.time() - lock.lstat().st_mtime
+    except FileNotFoundError:
+        return
+    if lock.is_symlink() and not lock.exists():
+        time.sleep(max(0.0, LOCK_GRACE_S - age))
+        if lock.is_symlink() and not lock.exists():
+            lock.unlink(missing_ok=True)
 
 
 def open_study(storage: BaseStorage, name: str, sampler: optuna.samplers.BaseSampler, directions: list[str],

@@ -228,12 +228,12 @@ sys.exit(main(sys.argv[1:]))
 
 
 def evolve_argv(checkpoint: Path, out: Path | str, *extra: str) -> list[str]:
-    """The `nas evolve` arguments of `search(checkpoint, out)` (SMALL, the budget)."""
-    argv = ["evolve", "--supernet", str(checkpoint), "--flops", str(BUDGET), "--out", str(out), *extra]
+    """The `nas evolve` arguments of `search(checkpoint, out)` (SMALL, the budget), then `extra` (which wins)."""
+    argv = ["evolve", "--supernet", str(checkpoint), "--flops", str(BUDGET), "--out", str(out)]
     for key, value in SMALL.items():
         if key != "poll_s":
             argv += [f"--{key.replace('_', '-')}", str(value)]
-    return argv
+    return argv + list(extra)
 
 
 def worker(checkpoint: Path, out: Path | str, *extra: str, cwd: Path = ROOT, **hooks) -> subprocess.Popen:
