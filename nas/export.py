@@ -28,6 +28,7 @@ from nas.distributed import resolve_device
 from nas.evaluate import top1
 from nas.exported_model import ARCH_FILE, META_FILE, WEIGHTS_FILE, read_exported, write_exported
 from nas.fitness import Fitness
+from nas.interrupts import Stopped
 from nas.trained_supernet import (DEFAULT_HOLDOUT, default_holdout, load_data, load_trained_supernet,
                                   split_held_out)
 from search_spaces import SearchSpace, load_arch
@@ -166,14 +167,36 @@ def export_subnet(checkpoint: str | Path, arch_file: str | Path, out: str | Path
     `data` defaults to the training run's data and `holdout` to `default_holdout` of the run's config. The
     inherited top-1 is measured on the supernet (after BatchNorm recalibration in a BatchNorm space), as evolution
     measures fitness; the exported model holds the same weights and statistics, so `evaluate_export` reproduces it.
-    The folder is written as a whole (`write_exported`): a crash leaves the export that was there or the new one.
-    ValueError for user mistakes (missing or foreign files, an arch outside the checkpoint's space, bad options)."""
+    The folder is written as a whole (`write_exported`): a crash leaves the export that was there or the new one,
+    and a Ctrl-C (`Stopped`) says which in its note. ValueError for user mistakes (missing or foreign files, an
+    arch outside the checkpoint's space, bad options)."""
     _check_positive("--batch-size", batch_size)
     _check_positive("--holdout", holdout)
     out = Path(out)
     _check_out(out, force)
-    dev = resolve_device(device)
+    before = _folder_identity(out)
+    try:
+        return _export(checkpoint, arch_file, out, data, holdout, batch_size, resolve_device(device), space, console)
+    except Stopped as stop:
+        if _folder_identity(out) == before:  # the new folder was not put in place: its temp folder is gone too
+            stop.note = f"nothing was written ({str(out)!r} is as it was); rerun the same command to export"
+        else:
+            stop.note = f"the new export was complete before the stop: {str(out)!r} holds it"
+        raise
 
+
+def _folder_identity(folder: Path) -> tuple[int, int] | None:
+    """Which folder is at `folder` (None: none); the export's folder replaces it whole, with another identity."""
+    try:
+        status = folder.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def _export(checkpoint: str | Path, arch_file: str | Path, out: Path, data: str | None, holdout: int | None,
+            batch_size: int, dev: torch.device, space: str | None, console: Console | None) -> dict:
+    """export_subnet after the checks of its options."""
     trained = load_trained_supernet(checkpoint, space, dev)
     try:
         arch, _ = load_arch(arch_file, trained.space)
@@ -232,6 +255,16 @@ def evaluate_export(folder: str | Path, *, data: str | None = None, split: str |
     images measured are not the export's). A folder without that record defaults to the val split."""
     _check_positive("--batch-size", batch_size)
     _check_positive("--holdout", holdout)
+    try:
+        return _evaluate(folder, data, split, holdout, batch_size, device, console)
+    except Stopped as stop:
+        stop.note = "nothing was written (nas eval only reads the folder); rerun the same command to measure"
+        raise
+
+
+def _evaluate(folder: str | Path, data: str | None, split: str | None, holdout: int | None, batch_size: int | None,
+              device: str, console: Console | None) -> dict:
+    """evaluate_export after the checks of its options."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"--split {split!r}: choose from {list(SPLITS)}")
     exported = read_exported(folder)

@@ -104,3 +104,30 @@ def test_a_killed_export_force_leaves_the_old_or_the_new_export_never_a_mix(trai
     assert len(_hidden(tmp_path)) <= 1  # at most the temp folder of the killed export
     assert main([*argv, "--out", str(out), "--force"]) == 0  # the next export removes it
     assert _state(out) == _state(new) and _hidden(tmp_path) == []
+
+
+@pytest.mark.parametrize("signum, target, nth, outcome", [
+    (signal.SIGINT, "nas.fitness:Fitness.__call__", 1, "old"),  # once the subnet is measured, before any write
+    (signal.SIGTERM, "os:fsync", 3, "old"),  # its 3 files are in the temp folder, which is not yet in place
+    (signal.SIGINT, "os:fsync", 5, "new"),  # the new folder is in place
+])
+def test_a_stopped_export_exits_with_one_line_and_leaves_no_partial_folder(trained, tmp_path, signum, target, nth,
+                                                                          outcome):
+    argv, old, new = trained
+    out = tmp_path / "e"
+    shutil.copytree(old, out)
+    child = _run_child(target, nth, signum, [*argv, "--out", str(out), "--force"])
+    assert child.returncode == 128 + signum and child.stdout == "", child.stderr
+    assert "Traceback" not in child.stderr and len(child.stderr.strip().splitlines()) == 1, child.stderr
+    note = (f"nothing was written ({str(out)!r} is as it was); rerun the same command to export" if outcome == "old"
+            else f"the new export was complete before the stop: {str(out)!r} holds it")
+    assert child.stderr.strip() == f"nas export: stopped by {signal.Signals(signum).name}; {note}"
+    assert _state(out) == _state(old if outcome == "old" else new) and _hidden(tmp_path) == []
+
+
+def test_a_stopped_eval_exits_with_one_line(trained):
+    _, _, new = trained
+    child = _run_child("nas.export:top1", 1, signal.SIGTERM, ["eval", str(new), "--device", "cpu"])
+    assert child.returncode == 143 and child.stdout == "", child.stderr
+    assert child.stderr.strip() == ("nas eval: stopped by SIGTERM; nothing was written (nas eval only reads the "
+                                    "folder); rerun the same command to measure")
