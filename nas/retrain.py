@@ -25,7 +25,8 @@ from nas.evaluate import top1
 from nas.export import FORMAT, canonical_data
 from nas.exported_model import ARCH_FILE, ExportedModel, read_exported, write_exported
 from nas.train_config import RetrainConfig
-from nas.training_loop import CHECKPOINT, Trainee, final_evaluation, load_training_data, make_optimizer, train_loop
+from nas.training_loop import (CHECKPOINT, Trainee, final_evaluation, load_training_data, make_optimizer,
+                                torch_threads, train_loop)
 from nas.units import human
 from search_spaces import Arch, SearchSpace, load_arch
 from supernets.nas_vit import NasViT
@@ -69,11 +70,15 @@ def retrain(cfg: RetrainConfig, console: Console | None = None, clock=time.monot
     OUT/model. ValueError for user mistakes; TrainingDiverged when the loss is not finite. `clock` (seconds) times
     --save-minutes."""
     cfg.validate()
+    with torch_threads(cfg):
+        return _train_and_export(cfg, console or Console(stderr=True), clock)
+
+
+def _train_and_export(cfg: RetrainConfig, console: Console, clock) -> RetrainResult:
     arch, space, init = resolve_arch(cfg)
     if not cfg.arch:
         cfg.arch = str(Path(cfg.init) / ARCH_FILE)  # config.yaml names the arch file a resume reads
     runtime = distributed.setup(cfg.device)
-    console = console or Console(stderr=True)
     out = Path(cfg.out)
     data, steps_per_epoch = load_training_data(cfg, space.img_size, space.num_classes, runtime.world_size)
     if init is not None and init.model.num_classes != data.num_classes:

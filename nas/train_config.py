@@ -44,6 +44,7 @@ class RunConfig:
     log_every: int = 10             # steps between metrics.jsonl lines
     tensorboard: bool = False
     device: str = "auto"            # auto: cuda if available (one GPU per process under torchrun), else cpu
+    threads: int = 0                # torch threads (results depend on it); 0 = torch's default, recorded as its count
     holdout: int = 0                # train-set images left out of training (HOLDOUT_SEED split); 0 = none
     train_subset: int = 0           # train on a fixed seeded subset of this many of the rest; 0 = all of them
 
@@ -56,7 +57,7 @@ class RunConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
         non_negative = ("lr", "weight_decay", "warmup_epochs", "min_lr", "mixup", "cutmix", "clip_grad",
-                        "save_minutes", "stop_after", "workers", "holdout", "train_subset")
+                        "save_minutes", "stop_after", "workers", "holdout", "train_subset", "threads")
         for name in non_negative:
             if getattr(self, name) < 0:
                 raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")

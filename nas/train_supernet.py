@@ -26,7 +26,7 @@ from nas.samplers import build_sampler
 from nas.subnet_optimizer import SubnetOptimizer
 from nas.train_config import TrainConfig
 from nas.training_loop import (CHECKPOINT, Trainee, TrainingDiverged, final_evaluation, load_training_data,
-                                make_optimizer, train_loop)
+                                make_optimizer, torch_threads, train_loop)
 from nas.units import human
 from search_spaces import Arch, load_space
 from supernets.supernet import Supernet
@@ -46,8 +46,12 @@ def train_supernet(cfg: TrainConfig, console: Console | None = None, clock=time.
     """Train, checkpoint, and evaluate a few subnets at the end. ValueError for user mistakes. `clock` (seconds)
     times --save-minutes."""
     cfg.validate()
+    with torch_threads(cfg):
+        return _train_and_evaluate(cfg, console or Console(stderr=True), clock)
+
+
+def _train_and_evaluate(cfg: TrainConfig, console: Console, clock) -> RunResult:
     runtime = distributed.setup(cfg.device)
-    console = console or Console(stderr=True)
     out = Path(cfg.out)
 
     space = load_space(cfg.space)

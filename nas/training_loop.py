@@ -97,6 +97,20 @@ class LoopResult:
         return self.step == self.total_steps
 
 
+@contextmanager
+def torch_threads(cfg: RunConfig):
+    """Run the block with `cfg.threads` torch threads (0: the count torch uses now, then written into `cfg`, so that
+    config.yaml records it and a resume uses it again); the count before is restored after."""
+    before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cfg.threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def load_training_data(cfg: RunConfig, img_size: int, num_classes: int,
                        world_size: int) -> tuple[Datasets, int]:
     """The run's datasets, whose `train` is the train set less the `cfg.holdout` held-out images (the split of

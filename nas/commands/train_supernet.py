@@ -102,6 +102,9 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: RunConfig, *
     add("--log-every", type=int, help=f"steps between lines of metrics.jsonl (default {defaults.log_every})")
     add("--tensorboard", action="store_true", default=None, help="also log to OUT/tensorboard")
     add("--device", choices=("auto", "cpu", "cuda"), help="auto: CUDA if available, else CPU (default auto)")
+    add("--threads", type=int, metavar="N",
+        help="torch threads per process; the figures depend on it, so config.yaml records the count and --resume "
+             "uses it again; 0 = torch's default (default 0)")
 
 
 def resolve_config(args: argparse.Namespace, kind: type[RunConfig] = TrainConfig) -> RunConfig:

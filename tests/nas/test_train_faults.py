@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import shlex
 import shutil
@@ -28,14 +27,15 @@ from nas.training_loop import signals_deferred
 from search_spaces import load_space
 
 HANG = 600  # seconds: only a guard against a hung child; nothing is decided by time
-# 3 epochs of the digits at batch 64 = 66 steps, so a child is stopped long before its end
-OPTIONS = ["--epochs", "3", "--batch-size", "64", "--log-every", "3", "--seed", "3", "--holdout", "0"]
+# 3 epochs of the digits at batch 64 = 66 steps, so a child is stopped long before its end; the children and this
+# process train with the same thread count, which the figures depend on
+OPTIONS = ["--epochs", "3", "--batch-size", "64", "--log-every", "3", "--seed", "3", "--holdout", "0", "--threads", "1"]
 
 
 def _start(*args: str) -> subprocess.Popen:
     """`nas ARGS` in a child process, as a user starts it."""
     return subprocess.Popen([sys.executable, "-m", "nas", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            text=True)
 
 
 def _logged_steps(metrics: Path) -> list[int]:

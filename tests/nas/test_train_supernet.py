@@ -1,4 +1,5 @@
-"""`nas train-supernet`: resume = uninterrupted run, DDP = one process, documented errors."""
+"""`nas train-supernet`: resume = uninterrupted run, the thread count recorded, DDP = one process, documented
+errors."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from nas.checkpoint import load_checkpoint
 from nas.cli import main
@@ -39,6 +41,29 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     assert [r["top1"] for r in whole.table] == [r["top1"] for r in second.table]
+
+
+def test_the_thread_count_is_recorded_and_a_resume_uses_it(tmp_path, monkeypatch):
+    seen, forward = [], Supernet.forward  # torch's thread count at each training forward
+
+    def recording(self, x, arch=None):
+        seen.append(torch.get_num_threads())
+        return forward(self, x, arch)
+
+    monkeypatch.setattr(Supernet, "forward", recording)
+    options = ["--epochs", "1", "--batch-size", "64", "--holdout", "0", "--stop-after", "1"]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["train-supernet", "--out", str(tmp_path / "one"), "--threads", "1", *options]) == 0
+        assert main(["train-supernet", "--out", str(tmp_path / "one"), "--resume", "--stop-after", "1"]) == 0
+        assert seen == [1, 1] and torch.get_num_threads() == 2  # and this process's count is restored
+        assert main(["train-supernet", "--out", str(tmp_path / "default"), *options]) == 0  # --threads 0
+        assert seen == [1, 1, 2]
+        for run, threads in (("one", 1), ("default", 2)):
+            assert yaml.safe_load((tmp_path / run / "config.yaml").read_text())["threads"] == threads
+    finally:
+        torch.set_num_threads(before)
 
 
 def _torchrun(*args: str, cwd) -> subprocess.CompletedProcess:
