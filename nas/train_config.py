@@ -7,9 +7,10 @@ devices); `TrainConfig` (`nas train-supernet`) adds the space, the subnet sample
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import yaml
 
@@ -17,6 +18,7 @@ from nas.atomic_files import atomic_write
 from nas.samplers import SAMPLERS
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+SEEDS = 2 ** 32  # seeds are in [0, SEEDS): torch's generators take (seed x 1000003 + step) < 2 ** 64
 
 
 @dataclass
@@ -51,27 +53,29 @@ class RunConfig:
     LEAD: ClassVar[tuple[str, ...]] = ()  # the command's own options, written first in config.yaml
 
     def validate(self):
-        """Raise ValueError naming the option, its value and what is allowed."""
-        positive = ("epochs", "batch_size", "save_every", "log_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{_flag(name)} must be >= 1, got {getattr(self, name)}")
-        non_negative = ("lr", "weight_decay", "warmup_epochs", "min_lr", "mixup", "cutmix", "clip_grad",
-                        "save_minutes", "stop_after", "workers", "holdout", "train_subset", "threads")
-        for name in non_negative:
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{_flag(name)} must be >= 0, got {getattr(self, name)}")
-        if self.lr == 0:
-            raise ValueError("--lr must be > 0")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
-        if not 0 <= self.ema < 1:
-            raise ValueError(f"--ema must be a decay in [0, 1) (0 = off), got {self.ema}")
+        """Raise ValueError naming the option, its value and what is allowed; a float option is never NaN or
+        infinite."""
+        for name in ("epochs", "batch_size", "save_every", "log_every"):
+            self.require(name, lambda value: value >= 1, ">= 1")
+        for name in ("weight_decay", "warmup_epochs", "min_lr", "mixup", "cutmix", "clip_grad", "save_minutes",
+                     "stop_after", "workers", "holdout", "train_subset", "threads"):
+            self.require(name, lambda value: value >= 0, ">= 0")
+        self.require("lr", lambda value: value > 0, "> 0")
+        self.require("seed", lambda value: 0 <= value < SEEDS, f"in [0, {SEEDS})")
+        self.require("label_smoothing", lambda value: 0 <= value < 1, "in [0, 1)")
+        self.require("ema", lambda value: 0 <= value < 1, "in [0, 1) (the decay of the EMA; 0 = off)")
         if self.amp not in AMP_MODES:
             raise ValueError(f"--amp {self.amp!r}: choose from {list(AMP_MODES)}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device {self.device!r}: choose from ['auto', 'cpu', 'cuda']")
         return self
+
+    def require(self, name: str, allowed: Callable[[float], bool], what: str) -> None:
+        """ValueError naming option `name` unless `allowed(value)`; for a float option, unless it is also finite."""
+        value = getattr(self, name)
+        finite = self.__dataclass_fields__[name].type == "float"  # annotations are strings (__future__)
+        if (finite and not math.isfinite(value)) or not allowed(value):
+            raise ValueError(f"--{_flag(name)} must be {'a finite number ' if finite else ''}{what}, got {value}")
 
     def to_dict(self) -> dict:
         values = dataclasses.asdict(self)
@@ -103,10 +107,8 @@ class TrainConfig(RunConfig):
 
     def validate(self) -> TrainConfig:
         super().validate()
-        if self.eval_random < 0:
-            raise ValueError(f"--eval-random must be >= 0, got {self.eval_random}")
-        if not 0 <= self.warmup_largest <= self.epochs:
-            raise ValueError(f"--warmup-largest must be in [0, --epochs {self.epochs}] epochs, got {self.warmup_largest}")
+        self.require("eval_random", lambda value: value >= 0, ">= 0")
+        self.require("warmup_largest", lambda value: 0 <= value <= self.epochs, f"in [0, --epochs {self.epochs}]")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"--sampler {self.sampler!r}: choose from {list(SAMPLERS)}")
         return self

@@ -167,7 +167,7 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, arch_file, init_folder, capsy
         (["--arch", str(arch_file), "--holdout", "-1"], "--holdout must be >= 0, got -1"),
         (["--arch", str(arch_file), "--holdout", "1437"], "--holdout 1437: expected fewer than the 1437 images"),
         (["--arch", str(arch_file), "--epochs", "0"], "--epochs must be >= 1, got 0"),
-        (["--arch", str(arch_file), "--lr", "0"], "--lr must be > 0"),
+        (["--arch", str(arch_file), "--lr", "0"], "--lr must be a finite number > 0, got 0.0"),
         (["--arch", str(arch_file), "--resume"], "--resume"),
         (["--arch", str(arch_file), "--data", "mnist"], "--data 'mnist': expected one of"),
     ]

@@ -2,6 +2,7 @@
 errors."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import yaml
 from nas.checkpoint import load_checkpoint
 from nas.cli import main
 from nas.samplers import build_sampler
-from nas.train_config import TrainConfig
+from nas.train_config import RetrainConfig, TrainConfig
 from nas.train_supernet import TrainingDiverged, train_supernet
 from search_spaces import load_space
 from supernets.supernet import Supernet
@@ -185,6 +186,41 @@ def test_cli_errors_exit_2_with_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert status == 2 and message in err and "Traceback" not in err, (extra, err)
         assert len(err.strip().splitlines()) == 1
+
+
+# What each numeric option of the training commands allows, with a value outside it (a float option is also never
+# NaN or infinite).
+NUMERIC_OPTIONS = {
+    "epochs": ("0", ">= 1"), "batch_size": ("0", ">= 1"), "save_every": ("0", ">= 1"), "log_every": ("0", ">= 1"),
+    "stop_after": ("-1", ">= 0"), "workers": ("-1", ">= 0"), "holdout": ("-1", ">= 0"), "train_subset": ("-1", ">= 0"),
+    "threads": ("-1", ">= 0"), "seed": ("-1", "in [0, 4294967296)"), "eval_random": ("-1", ">= 0"),
+    "lr": ("0", "a finite number > 0"), "weight_decay": ("-0.1", "a finite number >= 0"),
+    "warmup_epochs": ("-1", "a finite number >= 0"), "min_lr": ("-1e-5", "a finite number >= 0"),
+    "mixup": ("-0.5", "a finite number >= 0"), "cutmix": ("-1", "a finite number >= 0"),
+    "clip_grad": ("-1", "a finite number >= 0"), "save_minutes": ("-1", "a finite number >= 0"),
+    "label_smoothing": ("1", "a finite number in [0, 1)"),
+    "ema": ("1", "a finite number in [0, 1) (the decay of the EMA; 0 = off)"),
+    "warmup_largest": ("101", "a finite number in [0, --epochs 100]"),
+}
+
+
+def _bad_values(kind) -> list:
+    cases = []
+    for field in dataclasses.fields(kind):
+        if field.type in ("int", "float"):
+            value, allowed = NUMERIC_OPTIONS[field.name]
+            cases += [(kind, field.name, v, allowed) for v in [value] + ["nan", "inf"] * (field.type == "float")]
+    return cases
+
+
+@pytest.mark.parametrize("kind, name, value, allowed", _bad_values(TrainConfig) + _bad_values(RetrainConfig))
+def test_every_numeric_option_names_itself_and_what_it_allows(tmp_path, capsys, kind, name, value, allowed):
+    command = ["train-supernet"] if kind is TrainConfig else ["retrain", "--arch", str(tmp_path / "arch.yaml")]
+    flag = f"--{name.replace('_', '-')}"
+    assert main([*command, "--out", str(tmp_path / "run"), f"{flag}={value}"]) == 2
+    err = capsys.readouterr().err
+    shown = value if kind.__dataclass_fields__[name].type == "int" else str(float(value))
+    assert f"error: {flag} must be {allowed}, got {shown}" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_mismatched_and_corrupt_checkpoints_are_clear_errors(tmp_path, capsys):
