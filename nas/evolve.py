@@ -23,7 +23,7 @@ from nas.evolution_sampler import (CLAIM_KEY, OBJECTIVES, WORKER_KEY, EvolutionS
                                    params_arch)
 from nas.fitness import Fitness
 from nas.search_report import Candidate, candidates, print_table, write_outputs
-from nas.search_study import open_storage, open_study
+from nas.search_study import open_storage, open_study, repair_journal
 from nas.trained_supernet import default_holdout, fitness_split, load_trained_supernet
 from nas.units import human
 from search_spaces import Arch
@@ -53,6 +53,7 @@ class EvolveConfig:
     batch_size: int = 250
     device: str = "auto"
     poll_s: float = 0.5  # how often a worker waiting for the others looks at the study again
+    repair_journal: bool = False  # cut a torn end of the journal back to its last complete record first
 
     def validate(self) -> EvolveConfig:
         for name, low in (("population", 2 if self.objective == "pareto" else 1), ("topk", 1), ("generations", 1),
@@ -109,6 +110,8 @@ def run_evolution(cfg: EvolveConfig, console: Console | None = None) -> SearchRe
     fitness = Fitness(trained.supernet, held_out, rest, cfg.batch_size, device)
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if cfg.repair_journal:
+        console.print(repair_journal(cfg.storage, out))
     storage, storage_name = open_storage(cfg.storage, out)
     sampler = EvolutionSampler(space, feasible, population=cfg.population, topk=cfg.topk,
                                generations=cfg.generations, mutations=cfg.mutations,

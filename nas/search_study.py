@@ -1,8 +1,17 @@
 """The optuna study that holds a search: its storage (a journal file by default, or an RDB URL) and the
-settings that every worker and every resume of it must share."""
+settings that every worker and every resume of it must share.
+
+A journal file is one JSON record per line, appended under a lock. A writer killed mid-append leaves a torn
+last line, and a record appended after it makes both unreadable, so a journal is checked when it is opened
+and before every append; `repair_journal` cuts it back to its last complete record.
+"""
 from __future__ import annotations
 
+import io
+import json
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
@@ -11,6 +20,8 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, 
 
 DEFAULT_JOURNAL = "study.journal"
 LOCK_GRACE_S = 30  # optuna's default: a journal lock unchanged this long is taken for a killed writer's
+RECORD_START = b'{"op_code":'  # how every record of an optuna journal begins
+CREATE_TRIAL, SET_TRIAL_STATE, COMPLETE = 4, 6, 1  # optuna's JournalOperation codes and TrialState.COMPLETE
 SETTINGS_KEY = "nas:settings"
 SCHEMA_RACE_RETRIES = 3
 STORAGE_HELP = ("where the study lives: an RDB URL (sqlite:///search.db, postgresql://user:pass@host/db, "
@@ -21,11 +32,9 @@ STORAGE_HELP = ("where the study lives: an RDB URL (sqlite:///search.db, postgre
 def open_storage(url: str | None, out: Path) -> tuple[BaseStorage, str]:
     """(storage, how to name it to a user). A value with '://' is an RDB URL, anything else a journal file."""
     if url is None or "://" not in url:
-        path = Path(url) if url else out / DEFAULT_JOURNAL
-        if path.is_dir():
-            raise ValueError(f"--storage {str(path)!r} is a folder; expected a journal file path or an RDB URL")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(_journal_backend(path.absolute())), str(path)
+        path, name = _journal_path(url, out)
+        _check_journal(path, name)
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=_GuardedLock(path, name))), name
     import sqlalchemy.exc
 
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
@@ -41,11 +50,36 @@ def open_storage(url: str | None, out: Path) -> tuple[BaseStorage, str]:
             raise ValueError(f"--storage {url!r}: cannot open it ({type(exc).__name__}: {exc})") from None
 
 
-def _journal_backend(path: Path) -> JournalFileBackend:
-    """The journal at an absolute path, so that its lock (a symlink to that path) resolves from the lock's
-    folder: optuna's stale-lock release stats the link and, on a dangling one, waits forever."""
-    _remove_dangling_lock(Path(f"{path}.lock"))  # the name optuna gives the lock
-    return JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path), grace_period=LOCK_GRACE_S))
+def repair_journal(url: str | None, out: Path) -> str:
+    """Cut a journal back to its last complete record, keeping every one before; a line saying what was cut and
+    how many trials survived."""
+    if url and "://" in url:
+        raise ValueError(f"--repair-journal: --storage {url!r} is a database, not a journal file")
+    path, name = _journal_path(url, out)
+    with _journal_lock(path):  # no writer is mid-append while the file is read and cut
+        data, records, end = _read_journal(path, name)
+        if end == len(data):
+            return f"{name}: nothing to repair ({len(records)} records, all complete)"
+        with open(path, "r+b") as f:
+            f.truncate(end)
+            os.fsync(f.fileno())
+    trials = sum(r["op_code"] == CREATE_TRIAL for r in records)
+    complete = sum(r["op_code"] == SET_TRIAL_STATE and r.get("state") == COMPLETE for r in records)
+    return (f"repaired {name}: cut {len(data) - end} bytes after record {len(records)}; {len(records)} records "
+            f"kept, {trials} trials survived ({complete} complete)")
+
+
+def _journal_path(url: str | None, out: Path) -> tuple[Path, str]:
+    """(the journal's absolute path, its name as the user gave it). Optuna's lock is a symlink to the journal's
+    path: a relative one does not resolve from the lock's folder, and optuna's release of a stale lock (it stats
+    the link) then waits forever on a lock that a killed writer left."""
+    path = Path(url) if url else out / DEFAULT_JOURNAL
+    if path.is_dir():
+        raise ValueError(f"--storage {str(path)!r} is a folder; expected a journal file path or an RDB URL")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    open(path, "ab").close()  # as optuna creates it; touch() would move the mtime that its stale-lock check reads
+    _remove_dangling_lock(Path(f"{path.absolute()}.lock"))  # the name optuna gives the lock
+    return path.absolute(), str(path)
 
 
 def _remove_dangling_lock(lock: Path) -> None:
@@ -59,6 +93,89 @@ def _remove_dangling_lock(lock: Path) -> None:
         time.sleep(max(0.0, LOCK_GRACE_S - age))
         if lock.is_symlink() and not lock.exists():
             lock.unlink(missing_ok=True)
+
+
+@contextmanager
+def _journal_lock(path: Path):
+    """Hold the journal's lock (optuna's own, so that workers appending meanwhile wait)."""
+    lock = JournalFileSymlinkLock(str(path), grace_period=LOCK_GRACE_S)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _check_journal(path: Path, name: str) -> None:
+    """Refuse a file that is not an optuna journal, or one that a killed writer left torn."""
+    with _journal_lock(path):  # a live writer's append is never taken for a torn one
+        data, records, end = _read_journal(path, name)
+    if end == len(data):
+        return
+    later = data[end:].rstrip(b"\n").count(b"\n")
+    if not later:
+        raise ValueError(_torn(name))
+    raise ValueError(f"{name}: record {len(records) + 1} of the journal is damaged and {later} more follow it "
+                     f"(records written after a torn one); --repair-journal cuts the journal there, keeping the "
+                     f"{len(records)} records before it")
+
+
+def _read_journal(path: Path, name: str) -> tuple[bytes, list[dict], int]:
+    """(the file's bytes, its complete records from the start, the offset where they end); refuses a file that
+    is not an optuna journal."""
+    data = path.read_bytes()
+    records, end = _complete_records(data)
+    if not records and end < len(data) and not data.startswith(RECORD_START):
+        hint = f" (an SQLite database: --storage sqlite:///{name})" if data.startswith(b"SQLite format 3") else ""
+        raise ValueError(f"{name}: not an optuna journal{hint}; give --storage a journal file, a new path or an "
+                         "RDB URL")
+    return data, records, end
+
+
+def _complete_records(data: bytes) -> tuple[list[dict], int]:
+    """The journal's complete, readable records from its start, and the byte offset where they end."""
+    records, end = [], 0
+    for line in io.BytesIO(data):  # lines end at b"\n" only, as optuna reads them
+        if not line.endswith(b"\n"):
+            break
+        try:
+            record = json.loads(line)
+        except ValueError:  # JSON and UTF-8 errors alike
+            break
+        if not isinstance(record, dict) or "op_code" not in record:
+            break
+        records.append(record)
+        end += len(line)
+    return records, end
+
+
+def _torn(name: str) -> str:
+    return (f"{name}: the last record of the journal is torn (a writer was killed while appending it); run again "
+            "with --repair-journal to cut it, keeping every complete record")
+
+
+class _GuardedLock(JournalFileSymlinkLock):
+    """Optuna's journal lock, refused while the journal ends in a torn line (a writer killed mid-append): optuna
+    appends as soon as it holds the lock, and a record appended to a torn line makes both unreadable."""
+
+    def __init__(self, path: Path, name: str):
+        super().__init__(str(path), grace_period=LOCK_GRACE_S)
+        self.path, self.name = path, name
+
+    def acquire(self) -> bool:
+        super().acquire()
+        if not _ends_whole(self.path):
+            self.release()
+            raise ValueError(_torn(self.name))
+        return True
+
+
+def _ends_whole(path: Path) -> bool:
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 def open_study(storage: BaseStorage, name: str, sampler: optuna.samplers.BaseSampler, directions: list[str],

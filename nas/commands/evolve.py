@@ -63,6 +63,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add("--out", default="runs/evolve", metavar="DIR", help="output folder (default %(default)s)")
     add("--storage", metavar="URL", help=STORAGE_HELP)
     add("--study", default="evolve", metavar="NAME", help="study name in the storage (default %(default)s)")
+    add("--repair-journal", action="store_true",
+        help="first cut a torn end of the journal file (a writer killed while appending) back to its last complete "
+             "record, keeping every complete one, and say how many trials survived")
     add("--space", metavar="NAME|PATH", help=f"{SPACE_HELP}; only for a checkpoint that does not record it")
     add("--data", metavar="SOURCE", help=f"{DATA_HELP}; default: the data the supernet was trained on")
     add("--holdout", type=int, metavar="N", help="images held out of the train set to rank subnets (a fixed "

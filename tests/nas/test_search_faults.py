@@ -4,12 +4,16 @@ import json
 import os
 from pathlib import Path
 
+import optuna
+import pytest
 from optuna.trial import TrialState
 
+from nas.cli import main
 from nas.evolution_sampler import CLAIM_KEY
+from nas.search_study import open_storage, repair_journal
 from search_spaces import load_arch
-from tests.nas.test_evolve import (checkpoint, completed, finish, one_thread, uninterrupted,  # noqa: F401 (fixtures)
-                                   wait_for, worker)
+from tests.nas.test_evolve import (checkpoint, completed, evolve_argv, finish, one_thread,  # noqa: F401 (fixtures)
+                                   uninterrupted, wait_for, worker)
 
 SET_TRIAL_STATE = 6  # optuna's JournalOperation.SET_TRIAL_STATE_VALUES
 
@@ -30,6 +34,16 @@ def assert_finished_like(out: Path, reference) -> None:
     hashes = [t.system_attrs[CLAIM_KEY] for t in completed(None, out)]
     assert sorted(hashes) == sorted(c.arch.hash for c in reference.rows)
     assert load_arch(out / "best.yaml")[0] == reference.best.arch
+
+
+def killed_search(checkpoint: Path, out: Path, evaluated: int) -> Path:
+    """The journal of a search in OUT killed (-9) in its evaluation `evaluated` + 1."""
+    marker = out / "parked"
+    process = worker(checkpoint, out, PARK_AT_EVALUATION=evaluated, PARK_MARKER=marker)
+    wait_for(marker.exists, f"evaluation {evaluated + 1}", process)
+    process.kill()
+    process.wait()
+    return out / "study.journal"
 
 
 def test_a_search_killed_holding_the_journal_lock_resumes_with_a_relative_out(checkpoint, uninterrupted, tmp_path):
@@ -64,3 +78,52 @@ def test_a_dangling_lock_of_an_earlier_version_is_freed(checkpoint, uninterrupte
     assert rerun.returncode == 0, stderr
     hashes = {t.system_attrs[CLAIM_KEY] for t in completed(None, out)}
     assert len(hashes) == 4 * 6 and hashes > {c.arch.hash for c in uninterrupted[0].rows}
+
+
+def test_a_torn_journal_end_is_refused_untouched_then_repaired(checkpoint, uninterrupted, tmp_path, capsys):
+    """The last 100 bytes of a killed search's journal cut: the search stops with one line, appends nothing;
+    --repair-journal cuts the torn record, keeps the complete ones and the search finishes as if never torn."""
+    journal = killed_search(checkpoint, tmp_path, evaluated=3)
+    torn = journal.read_bytes()[:-100]
+    journal.write_bytes(torn)
+    assert main(evolve_argv(checkpoint, tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{journal}: the last record of the journal is torn" in err
+    assert "run again with --repair-journal" in err
+    assert journal.read_bytes() == torn  # nothing appended after the torn line
+    assert main(evolve_argv(checkpoint, tmp_path, "--repair-journal")) == 0
+    report = " ".join(capsys.readouterr().err.split())  # rich wraps lines
+    assert f"repaired {journal}: cut " in report and "trials survived (3 complete)" in report
+    assert_finished_like(tmp_path, uninterrupted[0])
+
+
+def test_a_file_that_is_not_a_journal_is_named(checkpoint, tmp_path, capsys):
+    garbage = tmp_path / "garbage.journal"
+    garbage.write_text("a text file\nnot a journal\n")
+    assert main(evolve_argv(checkpoint, tmp_path, "--storage", str(garbage))) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{garbage}: not an optuna journal" in err
+    assert garbage.read_text() == "a text file\nnot a journal\n"
+
+
+def test_nothing_is_appended_after_a_line_torn_during_a_run(tmp_path):
+    """Another writer killed mid-append while this one runs: its next append is refused, the file untouched. A
+    record that an earlier version appended after the torn line is named; the repair keeps the records before."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=open_storage(None, tmp_path)[0], study_name="s")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    journal = tmp_path / "study.journal"
+    records = journal.read_bytes().splitlines(keepends=True)
+    with journal.open("ab") as f:
+        f.write(records[-1][:40])  # the start of a record, as a writer killed mid-append leaves it
+    torn = journal.read_bytes()
+    with pytest.raises(ValueError, match="the last record of the journal is torn"):
+        study.ask()
+    assert journal.read_bytes() == torn
+    with journal.open("ab") as f:  # what earlier versions appended after a torn line: two records
+        f.write(records[-1] + records[-1])
+    with pytest.raises(ValueError, match=f"record {len(records) + 1} of the journal is damaged and 1 more follow"):
+        open_storage(None, tmp_path)
+    assert repair_journal(None, tmp_path).endswith(f"{len(records)} records kept, 3 trials survived (3 complete)")
+    reloaded = optuna.load_study(study_name="s", storage=open_storage(None, tmp_path)[0])
+    assert [t.state for t in reloaded.trials] == [TrialState.COMPLETE] * 3
