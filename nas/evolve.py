@@ -7,8 +7,9 @@ dashboard) see a feasible study.
 """
 from __future__ import annotations
 
+import shlex
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from nas.distributed import resolve_device
 from nas.evolution_sampler import (CLAIM_KEY, OBJECTIVES, WORKER_KEY, EvolutionSampler, fail_dead_local_trials,
                                    params_arch)
 from nas.fitness import Fitness
+from nas.interrupts import Stopped
 from nas.search_report import Candidate, candidates, print_table, write_outputs
 from nas.search_study import open_storage, open_study, repair_journal
 from nas.trained_supernet import default_holdout, fitness_split, load_trained_supernet
@@ -89,8 +91,27 @@ class SearchResult:
 
 
 def run_evolution(cfg: EvolveConfig, console: Console | None = None) -> SearchResult:
+    """Run (or resume, or join) the search. Ctrl-C and SIGTERM (`Stopped`) write the outputs of what has been
+    evaluated and say how to resume."""
     cfg.validate()
-    console = console or Console(stderr=True)
+    try:
+        return _run_evolution(cfg, console or Console(stderr=True))
+    except Stopped as stop:
+        stop.note = f"{stop.note or 'nothing evaluated yet'}; resume with: {resume_command(cfg)}"
+        raise
+
+
+def resume_command(cfg: EvolveConfig) -> str:
+    """The `nas evolve` command line that runs this search again (its options that differ from the defaults)."""
+    argv = ["nas", "evolve"]
+    for option in fields(cfg):
+        value = getattr(cfg, option.name)
+        if option.name not in ("poll_s", "repair_journal") and value != option.default:
+            argv += [f"--{option.name.replace('_', '-')}", str(value)]
+    return shlex.join(argv)
+
+
+def _run_evolution(cfg: EvolveConfig, console: Console) -> SearchResult:
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
     trained = load_trained_supernet(cfg.supernet, cfg.space, device)
@@ -134,13 +155,38 @@ def run_evolution(cfg: EvolveConfig, console: Console | None = None) -> SearchRe
                   + (f" (resuming: {done_before} candidates done)" if done_before else ""))
 
     out.mkdir(parents=True, exist_ok=True)
-    start, evaluated, waiting_since, told = time.perf_counter(), 0, None, False
-    with _GenerationBars(console, sampler, cfg.generations) as bars:
+    start = time.perf_counter()
+    try:
+        evaluated = _search_loop(study, sampler, console, cfg.generations,
+                                 lambda trial, arch: _evaluate(trial, arch, sampler, cost, feasible, fitness, cfg))
+    except Stopped as stop:
+        rows = _write_report(study, sampler, cfg)
+        if rows:
+            stop.note = (f"{len(rows)} candidates evaluated, the best so far in {out / 'best.yaml'} (also "
+                         "candidates.csv, search.png)")
+        raise
+    total = time.perf_counter() - start
+
+    rows = _write_report(study, sampler, cfg)
+    print_table(console, rows, pareto=cfg.objective == "pareto")
+    best = rows[0]
+    console.print(f"best: {best.arch.hash}, top-1 {100 * best.top1:.2f}%, {human(best.macs)} MACs, "
+                  f"{human(best.params)} params -> {out / 'best.yaml'}; all candidates in {out / 'candidates.csv'}, "
+                  f"plot {out / 'search.png'}")
+    return SearchResult(out, best, rows, evaluated, fitness.seconds, total, storage_name, events)
+
+
+def _search_loop(study: optuna.Study, sampler: EvolutionSampler, console: Console, generations: int,
+                 evaluate) -> int:
+    """Ask, evaluate (`evaluate(trial, arch)` -> values) and tell until the plans are done; how many this
+    worker evaluated."""
+    evaluated, waiting_since, told = 0, None, False
+    with _GenerationBars(console, sampler, generations) as bars:
         while True:
             progress = sampler.progress(study)
             bars.update(study, progress)
             if progress.plan is None:
-                break
+                return evaluated
             if not progress.free:  # other workers hold the rest of this generation
                 waiting_since = waiting_since or time.monotonic()
                 if time.monotonic() - waiting_since > WAIT_NOTICE_S and not told:
@@ -157,23 +203,23 @@ def run_evolution(cfg: EvolveConfig, console: Console | None = None) -> SearchRe
                 if arch is None:  # the search ended between the check and the ask
                     study.tell(trial, state=TrialState.FAIL)
                     continue
-                values = _evaluate(trial, arch, sampler, cost, feasible, fitness, cfg)
+                values = evaluate(trial, arch)
             except BaseException:  # Ctrl-C included: never leave a RUNNING trial that holds a claim
                 study.tell(trial, state=TrialState.FAIL)
                 raise
             study.tell(trial, values)
             evaluated += 1
-    total = time.perf_counter() - start
 
-    rows = candidates(study, space, sampler._get_generation_key())
-    title = f"{space.name}, {_budget_text(cfg)}: {len(rows)} candidates in {cfg.generations} generations"
-    write_outputs(out, rows, cfg.flops, title)
-    print_table(console, rows, pareto=cfg.objective == "pareto")
-    best = rows[0]
-    console.print(f"best: {best.arch.hash}, top-1 {100 * best.top1:.2f}%, {human(best.macs)} MACs, "
-                  f"{human(best.params)} params -> {out / 'best.yaml'}; all candidates in {out / 'candidates.csv'}, "
-                  f"plot {out / 'search.png'}")
-    return SearchResult(out, best, rows, evaluated, fitness.seconds, total, storage_name, events)
+
+def _write_report(study: optuna.Study, sampler: EvolutionSampler, cfg: EvolveConfig) -> list[Candidate]:
+    """OUT/best.yaml, candidates.csv and search.png of what the study has evaluated (nothing when it has not)."""
+    rows = candidates(study, sampler.space, sampler._get_generation_key())
+    if rows:
+        seen = max(c.generation for c in rows) + 1
+        title = (f"{sampler.space.name}, {_budget_text(cfg)}: {len(rows)} candidates in {seen} of "
+                 f"{cfg.generations} generations")
+        write_outputs(Path(cfg.out), rows, cfg.flops, title)
+    return rows
 
 
 def _evaluate(trial: optuna.Trial, arch: Arch, sampler: EvolutionSampler, cost, feasible, fitness: Fitness,

@@ -1,7 +1,10 @@
 """Faults around `nas evolve`, each reproduced on a real child process or a real file: a kill -9 that leaves
 the journal's lock behind (with a relative --out), a torn or foreign journal, Ctrl-C and SIGTERM."""
+import csv
 import json
 import os
+import shlex
+import signal
 from pathlib import Path
 
 import optuna
@@ -127,3 +130,27 @@ def test_nothing_is_appended_after_a_line_torn_during_a_run(tmp_path):
     assert repair_journal(None, tmp_path).endswith(f"{len(records)} records kept, 3 trials survived (3 complete)")
     reloaded = optuna.load_study(study_name="s", storage=open_storage(None, tmp_path)[0])
     assert [t.state for t in reloaded.trials] == [TrialState.COMPLETE] * 3
+
+
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_write_the_outputs_and_say_how_to_resume(checkpoint, uninterrupted, tmp_path, capsys,
+                                                                    signum, status):
+    """The signal lands in the third evaluation: the search writes best.yaml, candidates.csv and search.png of
+    the two evaluated, ends with one line (exit 128 + signal, no traceback), and its command resumes it."""
+    marker = tmp_path / "parked"
+    process = worker(checkpoint, tmp_path, PARK_AT_EVALUATION=2, PARK_MARKER=marker)
+    wait_for(marker.exists, "third evaluation", process)
+    assert complete_trials(tmp_path / "study.journal") == 2
+    process.send_signal(signum)
+    _, stderr = finish(process)
+    assert process.returncode == status and "Traceback" not in stderr, stderr
+    last = stderr.splitlines()[-1]
+    assert last.startswith(f"nas evolve: stopped by {signal.Signals(signum).name}; 2 candidates evaluated, the "
+                           f"best so far in {tmp_path / 'best.yaml'}")
+    with (tmp_path / "candidates.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 2
+    assert load_arch(tmp_path / "best.yaml")[0] and (tmp_path / "search.png").stat().st_size
+    command = shlex.split(last.partition("; resume with: ")[2])
+    assert command[:2] == ["nas", "evolve"] and main(command[1:]) == 0
+    capsys.readouterr()
+    assert_finished_like(tmp_path, uninterrupted[0])
