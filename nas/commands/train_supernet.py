@@ -95,7 +95,8 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: RunConfig, *
         help="also checkpoint when this many minutes have passed since the last checkpoint; 0 = off "
              f"(default {defaults.save_minutes:g})")
     add("--resume", action="store_true", default=None,
-        help="continue the run in --out from its checkpoint (its config.yaml gives the defaults)")
+        help="continue the run in --out from its checkpoint (its config.yaml, or the checkpoint's copy when that "
+             "is missing or damaged, gives the defaults)")
     add("--stop-after", type=int, help="stop after this many steps with a checkpoint (to fit a job's time "
                                        "limit; --resume continues); 0 = never (default)")
     add("--workers", type=int, help="data loader worker processes (default 0)")
