@@ -345,7 +345,7 @@ def test_resuming_with_other_settings_is_refused(checkpoint, uninterrupted, caps
     (["--flops", "8M", "--seed", "-1"], "--seed must be an int >= 0, got -1"),
     (["--flops", "nan"], "--flops: 'nan': expected a positive count"),
     (["--flops", "inf"], "--flops: 'inf': expected a positive count"),
-    (["--params", "-5M"], "--params: '-5M': expected a positive count"),
+    (["--params=-5M"], "--params: '-5M': expected a positive count"),
     (["--flops", "8M", "--mutation-prob", "nan"], "--mutation-prob must be in [0, 1], got nan"),
     (["--flops", "8M", "--mutation-prob", "inf"], "--mutation-prob must be in [0, 1], got inf"),
     (["--flops", "8M", "--mutation-prob", "-0.1"], "--mutation-prob must be in [0, 1], got -0.1"),
