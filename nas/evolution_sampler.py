@@ -16,24 +16,30 @@ Several workers share a study: a trial *claims* a planned arch (a system attribu
 reads the study back; if another live trial claims the same arch, it withdraws and takes another. Of two
 claims on one arch the later write sees the earlier one, so at most one of them is evaluated (both may
 withdraw, then both retry). Workers wait for each other at the end of a generation, as the generational
-algorithm requires. A trial left RUNNING by a dead process of this host is marked FAIL on start
-(`fail_dead_local_trials`), so its arch is planned again.
+algorithm requires. A trial left RUNNING by a dead worker is marked FAIL (`fail_dead_trials`), so its arch is
+planned again: on an RDB storage, once its worker's heartbeat (`heartbeat`) has stopped, on any host; on every
+storage, at once when its worker was a process of this host that is gone.
 """
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import optuna
 from optuna.distributions import CategoricalDistribution
+from optuna.exceptions import ExperimentalWarning
 from optuna.samplers._ga import BaseGASampler
 from optuna.samplers.nsgaii._elite_population_selection_strategy import NSGAIIElitePopulationSelectionStrategy
 from optuna.trial import FrozenTrial, TrialState
 
+from nas.search_study import StaleTrialCounter
 from search_spaces import Arch, SearchSpace
 
 OBJECTIVES = ("top1", "pareto")
@@ -128,7 +134,7 @@ class EvolutionSampler(BaseGASampler):
         now = time.monotonic()
         if now - self._last_reap >= REAP_EVERY_S:
             self._last_reap = now
-            fail_dead_local_trials(study)
+            fail_dead_trials(study)
         time.sleep(self.poll_s)
 
     def claimed(self, trial_number: int) -> Arch | None:
@@ -273,3 +279,45 @@ def fail_dead_local_trials(study: optuna.Study) -> int:
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             failed += 1
     return failed
+
+
+def fail_dead_trials(study: optuna.Study) -> int:
+    """Mark FAIL the RUNNING trials whose worker is gone, so their archs go back to the plan: with heartbeats (RDB
+    storages), those whose heartbeat stopped for the grace period, whatever their host (optuna's
+    `fail_stale_trials`); on every storage, those of a process of this host known to be dead, at once. Returns
+    how many this call failed."""
+    counter = getattr(study._storage, "get_heartbeat_stale_trial_callback", lambda: None)()
+    stale = 0
+    if isinstance(counter, StaleTrialCounter):
+        before = counter.failed
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        stale = counter.failed - before
+    return stale + fail_dead_local_trials(study)
+
+
+@contextmanager
+def heartbeat(study: optuna.Study, trial_id: int):
+    """Record the trial's heartbeat every heartbeat interval while the block runs, on a storage that keeps them
+    (RDB with `heartbeat_interval`), so that other workers can tell a live trial from one of a dead worker."""
+    storage = study._storage
+    interval = getattr(storage, "get_heartbeat_interval", lambda: None)()
+    if interval is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat of trial {trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -20,12 +20,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nas.cost_model import arch_cost, extreme_arch
 from nas.distributed import resolve_device
-from nas.evolution_sampler import (CLAIM_KEY, OBJECTIVES, WORKER_KEY, EvolutionSampler, fail_dead_local_trials,
+from nas.evolution_sampler import (CLAIM_KEY, OBJECTIVES, WORKER_KEY, EvolutionSampler, fail_dead_trials, heartbeat,
                                    params_arch)
 from nas.fitness import Fitness
 from nas.interrupts import Stopped
 from nas.search_report import Candidate, candidates, print_table, write_outputs
-from nas.search_study import open_storage, open_study, repair_journal
+from nas.search_study import HEARTBEAT_S, open_storage, open_study, repair_journal
 from nas.trained_supernet import default_holdout, fitness_split, load_trained_supernet
 from nas.units import human
 from search_spaces import Arch
@@ -54,12 +54,13 @@ class EvolveConfig:
     holdout: int | None = None  # default: the images the supernet run held out, else DEFAULT_HOLDOUT
     batch_size: int = 250
     device: str = "auto"
+    heartbeat: int = HEARTBEAT_S  # RDB storages: seconds between heartbeats of a running trial
     poll_s: float = 0.5  # how often a worker waiting for the others looks at the study again
     repair_journal: bool = False  # cut a torn end of the journal back to its last complete record first
 
     def validate(self) -> EvolveConfig:
         for name, low in (("population", 2 if self.objective == "pareto" else 1), ("topk", 1), ("generations", 1),
-                          ("mutations", 0), ("crossovers", 0), ("batch_size", 1)):
+                          ("mutations", 0), ("crossovers", 0), ("batch_size", 1), ("heartbeat", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"--{name.replace('_', '-')} must be an int >= {low}, got {value!r}")
@@ -133,14 +134,14 @@ def _run_evolution(cfg: EvolveConfig, console: Console) -> SearchResult:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if cfg.repair_journal:
         console.print(repair_journal(cfg.storage, out))
-    storage, storage_name = open_storage(cfg.storage, out)
+    storage, storage_name = open_storage(cfg.storage, out, cfg.heartbeat)
     sampler = EvolutionSampler(space, feasible, population=cfg.population, topk=cfg.topk,
                                generations=cfg.generations, mutations=cfg.mutations,
                                mutation_prob=cfg.mutation_prob, crossovers=cfg.crossovers, objective=cfg.objective,
                                seed=cfg.seed, poll_s=cfg.poll_s)
     directions = ["maximize"] if cfg.objective == "top1" else ["maximize", "minimize"]
     study = open_study(storage, cfg.study, sampler, directions, _settings(cfg, trained, data, holdout))
-    events = {"failed_dead_trials": fail_dead_local_trials(study)}
+    events = {"failed_dead_trials": fail_dead_trials(study)}
     if not sampler.plan(study, 0).archs:
         raise ValueError(f"no arch of space {space.name!r} within {_budget_text(cfg)} was found in "
                          f"{sampler.max_tries * cfg.population} random draws; raise the budget")
@@ -180,7 +181,7 @@ def _search_loop(study: optuna.Study, sampler: EvolutionSampler, console: Consol
                  evaluate) -> int:
     """Ask, evaluate (`evaluate(trial, arch)` -> values) and tell until the plans are done; how many this
     worker evaluated."""
-    evaluated, waiting_since, told = 0, None, False
+    evaluated, waiting_since, noticed = 0, None, False
     with _GenerationBars(console, sampler, generations) as bars:
         while True:
             progress = sampler.progress(study)
@@ -189,26 +190,31 @@ def _search_loop(study: optuna.Study, sampler: EvolutionSampler, console: Consol
                 return evaluated
             if not progress.free:  # other workers hold the rest of this generation
                 waiting_since = waiting_since or time.monotonic()
-                if time.monotonic() - waiting_since > WAIT_NOTICE_S and not told:
-                    told = True
+                if time.monotonic() - waiting_since > WAIT_NOTICE_S and not noticed:
+                    noticed = True
                     console.print(f"waiting for other workers to finish generation {progress.generation}: "
                                   f"{_running(study)}")
                 sampler.wait(study)
                 continue
-            waiting_since, told = None, False
+            waiting_since, noticed = None, False
             trial = study.ask()
-            try:
-                trial.relative_params  # optuna samples lazily: this runs the sampler, which claims an arch
-                arch = sampler.claimed(trial.number)
-                if arch is None:  # the search ended between the check and the ask
-                    study.tell(trial, state=TrialState.FAIL)
-                    continue
-                values = evaluate(trial, arch)
-            except BaseException:  # Ctrl-C included: never leave a RUNNING trial that holds a claim
-                study.tell(trial, state=TrialState.FAIL)
-                raise
-            study.tell(trial, values)
-            evaluated += 1
+            with heartbeat(study, trial._trial_id):
+                try:
+                    trial.relative_params  # optuna samples lazily: this runs the sampler, which claims an arch
+                    arch = sampler.claimed(trial.number)
+                    if arch is None:  # the search ended between the check and the ask
+                        study.tell(trial, state=TrialState.FAIL)
+                        continue
+                    values = evaluate(trial, arch)
+                except BaseException:  # Ctrl-C included: never leave a RUNNING trial that holds a claim
+                    study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+                    raise
+                finished = study.tell(trial, values, skip_if_finished=True)
+            if finished.state == TrialState.COMPLETE:
+                evaluated += 1
+            else:  # its heartbeat was missed: another worker failed it, and its arch went back to the plan
+                console.print(f"trial {trial.number} was failed by another worker meanwhile (a missed heartbeat); "
+                              "its result is dropped and its arch evaluated again")
 
 
 def _write_report(study: optuna.Study, sampler: EvolutionSampler, cfg: EvolveConfig) -> list[Candidate]:

@@ -11,17 +11,21 @@ import io
 import json
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
+from optuna.trial import FrozenTrial
+from optuna.exceptions import ExperimentalWarning
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 
 DEFAULT_JOURNAL = "study.journal"
 LOCK_GRACE_S = 30  # optuna's default: a journal lock unchanged this long is taken for a killed writer's
 RECORD_START = b'{"op_code":'  # how every record of an optuna journal begins
 CREATE_TRIAL, SET_TRIAL_STATE, COMPLETE = 4, 6, 1  # optuna's JournalOperation codes and TrialState.COMPLETE
+HEARTBEAT_S = 30  # default interval of the heartbeat of a running trial on an RDB storage; 2x is the grace period
 SETTINGS_KEY = "nas:settings"
 SCHEMA_RACE_RETRIES = 3
 STORAGE_HELP = ("where the study lives: an RDB URL (sqlite:///search.db, postgresql://user:pass@host/db, "
@@ -29,8 +33,9 @@ STORAGE_HELP = ("where the study lives: an RDB URL (sqlite:///search.db, postgre
                 "that run the same command on one storage share the search; running it again resumes it")
 
 
-def open_storage(url: str | None, out: Path) -> tuple[BaseStorage, str]:
-    """(storage, how to name it to a user). A value with '://' is an RDB URL, anything else a journal file."""
+def open_storage(url: str | None, out: Path, heartbeat_s: int = HEARTBEAT_S) -> tuple[BaseStorage, str]:
+    """(storage, how to name it to a user). A value with '://' is an RDB URL, anything else a journal file. An
+    RDB storage keeps a heartbeat of running trials every `heartbeat_s` and fails those silent for twice that."""
     if url is None or "://" not in url:
         path, name = _journal_path(url, out)
         _check_journal(path, name)
@@ -39,7 +44,7 @@ def open_storage(url: str | None, out: Path) -> tuple[BaseStorage, str]:
 
     for attempt in range(SCHEMA_RACE_RETRIES + 1):
         try:
-            return RDBStorage(url), url
+            return _rdb_storage(url, heartbeat_s), url
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:
             # Two workers creating the tables at once: one loses ("table already exists", or a duplicate
             # schema version row); by the next try the tables are there.
@@ -48,6 +53,24 @@ def open_storage(url: str | None, out: Path) -> tuple[BaseStorage, str]:
             time.sleep(0.5)
         except (ImportError, sqlalchemy.exc.SQLAlchemyError) as exc:
             raise ValueError(f"--storage {url!r}: cannot open it ({type(exc).__name__}: {exc})") from None
+
+
+class StaleTrialCounter:
+    """optuna's heartbeat-stale trial callback (RDBStorage's `heartbeat_stale_trial_callback`): counts the trials
+    that this process failed for a missing heartbeat."""
+
+    def __init__(self):
+        self.failed = 0
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self.failed += 1
+
+
+def _rdb_storage(url: str, heartbeat_s: int) -> RDBStorage:
+    with warnings.catch_warnings():  # optuna marks the heartbeat arguments experimental
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return RDBStorage(url, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s,
+                          heartbeat_stale_trial_callback=StaleTrialCounter())
 
 
 def repair_journal(url: str | None, out: Path) -> str:

@@ -6,7 +6,7 @@ import json
 
 from nas.commands import SPACE_HELP
 from nas.data import DATA_HELP
-from nas.search_study import STORAGE_HELP
+from nas.search_study import HEARTBEAT_S, STORAGE_HELP
 from nas.units import parse_count
 
 DESCRIPTION = """Search a trained supernet for the most accurate subnet within a budget, with the
@@ -63,6 +63,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add("--out", default="runs/evolve", metavar="DIR", help="output folder (default %(default)s)")
     add("--storage", metavar="URL", help=STORAGE_HELP)
     add("--study", default="evolve", metavar="NAME", help="study name in the storage (default %(default)s)")
+    add("--heartbeat", type=int, metavar="S", default=HEARTBEAT_S,
+        help="RDB storages: each worker records a heartbeat of its running trial every S seconds; a trial without one "
+             "for 2*S (its worker died, on any host) is failed and its arch planned again (default %(default)s)")
     add("--repair-journal", action="store_true",
         help="first cut a torn end of the journal file (a writer killed while appending) back to its last complete "
              "record, keeping every complete one, and say how many trials survived")
