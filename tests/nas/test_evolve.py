@@ -360,6 +360,8 @@ def test_resuming_with_other_settings_is_refused(checkpoint, uninterrupted, caps
     (["--flops", "8M", "--crossovers", "-1"], "--crossovers must be an int >= 0, got -1"),
     (["--flops", "8M", "--holdout", "-5"], "--holdout must be >= 1, got -5"),
     (["--flops", "8M", "--batch-size", "0"], "--batch-size must be an int >= 1, got 0"),
+    (["--flops", "8M", "--heartbeat", "0"], "--heartbeat must be an int >= 1, got 0"),
+    (["--flops", "8M", "--heartbeat", "nan"], "argument --heartbeat: invalid int value: 'nan'"),
     (["--flops", "8M", "--storage", "nosuchdb://x"], "--storage 'nosuchdb://x': cannot open it"),
 ])
 def test_bad_input_is_one_error_line(checkpoint, tmp_path, capsys, argv, message):
