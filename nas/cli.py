@@ -39,22 +39,23 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    stop_on_signals()  # first: building the parser imports optuna and takes seconds
+    prog = "nas"
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help and usage errors: return the status instead of exiting the caller
-        return exc.code
-    stop_on_signals()
-    try:
-        status = args.func(args)
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help and usage errors: return the status instead of exiting the caller
+            return exc.code
+        prog = args.prog
+        return args.func(args) or 0
     except Stopped as stop:
-        print(f"{args.prog}: stopped by {stop}" + (f"; {stop.note}" if stop.note else ""), file=sys.stderr)
+        print(f"{prog}: stopped by {stop}" + (f"; {stop.note}" if stop.note else ""), file=sys.stderr)
         return stop.exit_status
     except OSError as exc:
-        return _fail(args.prog, f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
+        return _fail(prog, f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except ValueError as exc:
-        return _fail(args.prog, str(exc))
-    return status or 0
+        return _fail(prog, str(exc))
 
 
 def _fail(prog: str, message: str) -> int:

@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from nas.interrupts import restore_default_signals
+
 KINDS = ("digits", "synthetic", "imagefolder", "cifar10", "cifar100", "idx", "fashion-mnist")
 NO_PATH = ("digits", "synthetic")  # kinds that take no path
 OPTIONAL_PATH = ("fashion-mnist",)  # kinds whose path has a default; the others require one
@@ -594,4 +596,4 @@ def make_loader(dataset: Dataset, batch_size: int, *, train: bool, seed: int = 0
     # The loader's generator seeds the workers (and is drawn from even without workers): never the global RNG.
     generator = torch.Generator().manual_seed(seed * 1000003 + epoch)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, generator=generator,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=restore_default_signals)

@@ -23,7 +23,7 @@ from nas.distributed import resolve_device
 from nas.evolution_sampler import (CLAIM_KEY, OBJECTIVES, WORKER_KEY, EvolutionSampler, fail_dead_trials, heartbeat,
                                    params_arch)
 from nas.fitness import Fitness
-from nas.interrupts import Stopped
+from nas.interrupts import Stopped, signals_deferred
 from nas.search_report import Candidate, candidates, print_table, write_outputs
 from nas.search_study import HEARTBEAT_S, open_storage, open_study, repair_journal
 from nas.trained_supernet import default_holdout, fitness_split, load_trained_supernet
@@ -161,7 +161,8 @@ def _run_evolution(cfg: EvolveConfig, console: Console) -> SearchResult:
         evaluated = _search_loop(study, sampler, console, cfg.generations,
                                  lambda trial, arch: _evaluate(trial, arch, sampler, cost, feasible, fitness, cfg))
     except Stopped as stop:
-        rows = _write_report(study, sampler, cfg)
+        with signals_deferred(deliver=False):  # a second Ctrl-C must not cut the outputs short
+            rows = _write_report(study, sampler, cfg)
         if rows:
             stop.note = (f"{len(rows)} candidates evaluated, the best so far in {out / 'best.yaml'} (also "
                          "candidates.csv, search.png)")

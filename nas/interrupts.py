@@ -7,6 +7,10 @@ number (130 for SIGINT, 143 for SIGTERM), without a traceback.
 from __future__ import annotations
 
 import signal
+import threading
+from contextlib import contextmanager
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class Stopped(BaseException):
@@ -28,5 +32,32 @@ def _raise_stopped(signum, frame):
 
 def stop_on_signals() -> None:
     """Turn SIGINT and SIGTERM into `Stopped` in this (main) thread."""
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _raise_stopped)
+
+
+def restore_default_signals(*_) -> None:
+    """In a child process (a DataLoader worker): the parent handles stops; the child keeps Python's defaults,
+    which torch's worker loop expects (it ignores a KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextmanager
+def signals_deferred(deliver: bool = True):
+    """Hold SIGINT and SIGTERM until the block ends, then deliver the first to the handler it had (`deliver`; not
+    when the block raises, nor for the save that follows a stop: that run is ending anyway). In the main thread
+    only (where Python runs signal handlers); elsewhere a plain block. So a step, or the save after a stop, is never
+    cut in half."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    handlers = {signum: signal.signal(signum, lambda signum, frame: held.append(signum)) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+    if held and deliver:
+        signal.raise_signal(held[0])

@@ -38,7 +38,7 @@ from nas.checkpoint import load_checkpoint, save_checkpoint
 from nas.cost_model import arch_cost
 from nas.data import Datasets, holdout_split, make_loader, train_subset
 from nas.distributed import Runtime
-from nas.interrupts import Stopped
+from nas.interrupts import Stopped, signals_deferred
 from nas.train_config import RunConfig
 from nas.trained_supernet import HOLDOUT_SEED, load_data
 from nas.units import human
@@ -314,7 +314,8 @@ def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch
                     if schedule.due(step) or step == stop_at:
                         save()
     except Stopped as stop:
-        save()
+        with signals_deferred(deliver=False):  # a second Ctrl-C must not cut the checkpoint short
+            save()
         stop.note = f"checkpoint of step {step} saved; resume with: {resume}"
         raise
     finally:
@@ -375,28 +376,6 @@ class SaveSchedule:
             self.last = now
             return True
         return False
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # the signals that `nas.interrupts` turns into `Stopped`
-
-
-@contextmanager
-def signals_deferred():
-    """Hold SIGINT and SIGTERM until the block ends, then deliver the first to the handler it had; dropped when the
-    block raises (its error ends the run). In the main thread only (where Python runs signal handlers); elsewhere a
-    plain block."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = []
-    handlers = {signum: signal.signal(signum, lambda signum, frame: held.append(signum)) for signum in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-    if held:
-        signal.raise_signal(held[0])
 
 
 @contextmanager
