@@ -184,7 +184,7 @@ def test_an_interrupted_search_resumes_to_the_same_result(checkpoint, uninterrup
 # (until a signal ends it) and write PARK_MARKER there, so a test acts on an event, never after a delay:
 # PARK_AT_EVALUATION=N parks it in its evaluation N + 1 (N evaluated); PARK_IN_LOCK_AFTER=N parks it inside a
 # journal append (holding LOCK, the journal's lock) once N are evaluated; MEET=DIR makes the first evaluation
-# of each worker wait until MEET_COUNT workers have begun one (so each evaluates at least one); HOSTNAME=NAME
+# of each worker wait until MEET_COUNT workers have begun one (so each evaluates at least one); NAS_TEST_HOSTNAME=NAME
 # makes it pass for a worker of another host (whose pid this host cannot check).
 WORKER = """\
 import os, socket, sys, time
@@ -192,8 +192,8 @@ from pathlib import Path
 import nas.fitness
 
 hooks, evaluated = os.environ, 0
-if "HOSTNAME" in hooks:
-    socket.gethostname = lambda: hooks["HOSTNAME"]
+if "NAS_TEST_HOSTNAME" in hooks:
+    socket.gethostname = lambda: hooks["NAS_TEST_HOSTNAME"]
 original_fitness, original_fsync = nas.fitness.Fitness.__call__, os.fsync
 
 def park():

@@ -82,7 +82,7 @@ def test_a_killed_worker_of_another_host_is_released_by_its_heartbeat(checkpoint
     stopped, evaluates that arch itself and finishes the search: each planned arch evaluated once, none lost."""
     options, marker = ("--storage", database, "--heartbeat", "1"), tmp_path / "parked"
     doomed = worker(checkpoint, tmp_path / "doomed", *options, PARK_AT_EVALUATION=0, PARK_MARKER=marker,
-                    HOSTNAME="another-host")
+                    NAS_TEST_HOSTNAME="another-host")
     wait_for(marker.exists, "the first evaluation of the worker to kill", doomed)
     survivor = worker(checkpoint, tmp_path / "survivor", *options)
     study = optuna.load_study(study_name="evolve", storage=database)
