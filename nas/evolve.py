@@ -133,7 +133,8 @@ def _run_evolution(cfg: EvolveConfig, console: Console) -> SearchResult:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if cfg.repair_journal:
-        console.print(repair_journal(cfg.storage, out))
+        # soft_wrap: a long path must stay whole (rich folds words longer than the line)
+        console.print(repair_journal(cfg.storage, out), soft_wrap=True, markup=False, highlight=False)
     storage, storage_name = open_storage(cfg.storage, out, cfg.heartbeat)
     sampler = EvolutionSampler(space, feasible, population=cfg.population, topk=cfg.topk,
                                generations=cfg.generations, mutations=cfg.mutations,

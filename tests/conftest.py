@@ -3,12 +3,20 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from search_spaces import Arch, SearchSpace, load_space
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The workers share the machine's cores: one torch thread each (and in their child processes), since OpenMP
+    # threads of two workers competing for 2 cores ran a training test 6x slower than alone.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 # Both: 12x12 input, stem stride 4 -> a 3x3 map before stage 1; pooling takes it to 2x2 and 1x1, so the BRA
 # constraints (regions <= side, topk <= regions^2) and BRA's padding (side 3, S = 2) all occur.
