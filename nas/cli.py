@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 
-from nas.interrupts import Stopped, stop_on_signals
+from nas.interrupts import STOP_SIGNALS, Stopped, set_handlers, stop_on_signals
 
 # Registering a new command = adding its module name here (in the order `nas --help` lists them).
 COMMANDS = ("space", "sample", "flops", "train-supernet", "evolve", "export", "eval", "retrain")
@@ -39,7 +40,7 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    stop_on_signals()  # first: building the parser imports optuna and takes seconds
+    previous = stop_on_signals()  # first: building the parser imports optuna and takes seconds
     prog = "nas"
     try:
         parser = build_parser()
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(prog, f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc))
     except ValueError as exc:
         return _fail(prog, str(exc))
+    finally:
+        # As the program (no argv): the result is complete, so a stop during interpreter shutdown is ignored rather
+        # than raised inside a finalizer (a traceback after the work). Called in-process: the caller's handlers.
+        set_handlers({signum: signal.SIG_IGN for signum in STOP_SIGNALS} if argv is None else previous)
 
 
 def _fail(prog: str, message: str) -> int:

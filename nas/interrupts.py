@@ -30,10 +30,15 @@ def _raise_stopped(signum, frame):
     raise Stopped(signum)
 
 
-def stop_on_signals() -> None:
-    """Turn SIGINT and SIGTERM into `Stopped` in this (main) thread."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _raise_stopped)
+def stop_on_signals() -> dict:
+    """Turn SIGINT and SIGTERM into `Stopped` in this (main) thread; returns the handlers they had."""
+    return {signum: signal.signal(signum, _raise_stopped) for signum in STOP_SIGNALS}
+
+
+def set_handlers(handlers: dict) -> None:
+    """Give the signals of `handlers` those handlers (e.g. what `stop_on_signals` returned, or SIG_IGN)."""
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 def restore_default_signals(*_) -> None:
