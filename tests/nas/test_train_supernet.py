@@ -205,7 +205,7 @@ NUMERIC_OPTIONS = {
     "clip_grad": ("-1", "a finite number >= 0"), "save_minutes": ("-1", "a finite number >= 0"),
     "label_smoothing": ("1", "a finite number in [0, 1)"),
     "ema": ("1", "a finite number in [0, 1) (the decay of the EMA; 0 = off)"),
-    "warmup_largest": ("101", "a finite number in [0, --epochs 100]"),
+    "warmup_largest": ("41", "a finite number in [0, --epochs 40]"),
 }
 
 
