@@ -14,7 +14,7 @@ from search_spaces import Arch, SearchSpace
 from search_spaces.arch import arch_from_dict
 
 COMPARED_FILE = "compared.json"
-RANDOM_TRIES = 100_000  # draws per random arch before the budget is called too tight for random archs
+RANDOM_TRIES = 10_000  # draws per random arch before the budget is called too tight for random archs
 RANDOM_STREAM = 104729  # a stream of its own: the draw does not follow the search's or training's
 
 

@@ -244,16 +244,14 @@ def _reuse(facts: _Facts, found: Compared, command: str) -> list[tuple]:
               f'# its inherited supernet weights ({_pct(found.inherited)} on the held-out images) instead:\n'
               f'inherited = timm.create_model("nas_vit", arch="{paths.model / "arch.yaml"}", num_classes={classes},\n'
               f'                              checkpoint_path="{paths.model / "model.safetensors"}").eval()')
-    commands = [
-        (f"nas eval {retrained}", "the retrained model's val top-1 again"),
-        (f"nas eval {paths.model}", "reproduces the inherited top-1 on the held-out images"),
-        (f"nas eval {paths.model} --split val", "the inherited weights on the val images"),
-        (f"nas retrain --init {paths.model} --holdout {facts.train_cfg['holdout']} --epochs 30 "
-         f"--out {paths.out / 'retrain-longer'}", "fine-tune it for longer"),
-        (command, "this run again: every finished stage is skipped"),
-    ]
-    width = max(len(line) for line, _ in commands)
-    shell = "\n".join(f"{line:<{width}}  # {why}" for line, why in commands)
+    holdout = facts.train_cfg["holdout"]
+    shell = "\n".join([
+        "# the retrained model's val top-1 again", f"nas eval {retrained}",
+        "# the export reproduces the inherited top-1 on the held-out images; then the val images",
+        f"nas eval {paths.model}", f"nas eval {paths.model} --split val",
+        "# fine-tune it for longer",
+        f"nas retrain --init {paths.model} --holdout {holdout} --epochs 30 --out {paths.out / 'retrain-longer'}",
+        "# this run again: every finished stage is skipped", command])
     return [("h2", SECTIONS[4]), ("p", "From the folder the pipeline ran in, with timm (docs/export.md):"),
             ("code", "python", python), ("code", "bash", shell)]
 
