@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 
 from nas.interrupts import STOP_SIGNALS, Stopped, set_handlers, stop_on_signals
 
 # Registering a new command = adding its module name here (in the order `nas --help` lists them).
-COMMANDS = ("space", "sample", "flops", "train-supernet", "evolve", "export", "eval", "retrain")
+COMMANDS = ("pipeline", "space", "sample", "flops", "train-supernet", "evolve", "export", "eval", "retrain", "show")
 
 
 class Parser(argparse.ArgumentParser):
@@ -49,7 +50,19 @@ def main(argv: list[str] | None = None) -> int:
         except SystemExit as exc:  # --help and usage errors: return the status instead of exiting the caller
             return exc.code
         prog = args.prog
-        return args.func(args) or 0
+        status = args.func(args) or 0
+        sys.stdout.flush()  # here, not at exit: a reader that has gone is handled below
+        return status
+    except BrokenPipeError:
+        # The reader of stdout has gone (`nas space tiny-32 | head -1`): status 1, as Python's documentation
+        # recommends and as rich's tables do (below), since the output was cut short; no traceback, and no
+        # 141 (SIGPIPE's), which only a program killed by the signal has. Results go to stdout once the work is
+        # saved, so nothing else is lost. stdout is pointed at /dev/null so that Python's flush at exit does not
+        # print "Exception ignored ... BrokenPipeError".
+        _silence_stdout()
+        return 1
+    except SystemExit as exc:  # rich's Console on a broken pipe does the same (Console.on_broken_pipe) and exits
+        return exc.code if isinstance(exc.code, int) else 1
     except Stopped as stop:
         print(f"{prog}: stopped by {stop}" + (f"; {stop.note}" if stop.note else ""), file=sys.stderr)
         return stop.exit_status
@@ -61,6 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         # As the program (no argv): the result is complete, so a stop during interpreter shutdown is ignored rather
         # than raised inside a finalizer (a traceback after the work). Called in-process: the caller's handlers.
         set_handlers({signum: signal.SIG_IGN for signum in STOP_SIGNALS} if argv is None else previous)
+
+
+def _silence_stdout() -> None:
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # in-process with a stdout of the caller's that has no file
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _fail(prog: str, message: str) -> int:

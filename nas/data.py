@@ -47,23 +47,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 from nas.interrupts import restore_default_signals
+from nas.options import DATA_HELP  # noqa: F401  (defined where the CLI's parsers read it without torch)
 
 KINDS = ("digits", "synthetic", "imagefolder", "cifar10", "cifar100", "idx", "fashion-mnist")
 NO_PATH = ("digits", "synthetic")  # kinds that take no path
 OPTIONAL_PATH = ("fashion-mnist",)  # kinds whose path has a default; the others require one
 FORMS = "digits, synthetic, imagefolder:PATH, cifar10:PATH, cifar100:PATH, idx:DIR, fashion-mnist[:DIR]"
 
-DATA_HELP = (
-    "the data: 'digits' (default: scikit-learn's bundled 8x8 handwritten digits, upsampled to the space's image "
-    "size; 1437 train / 360 val images, 10 classes, no download), 'cifar10:PATH' or 'cifar100:PATH' (the python "
-    "pickle batches: PATH is the extracted 'cifar-10-batches-py' / 'cifar-100-python' folder or its parent), "
-    "'imagefolder:PATH' (ImageNet layout: PATH/train/<class>/*.jpg and PATH/val/<class>/*.jpg, read with timm's "
-    "DeiT-style transforms), 'idx:DIR' (MNIST-format IDX files in DIR: train-images-idx3-ubyte, "
-    "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, plain or .gz; grey images "
-    "treated as the digits), 'fashion-mnist[:DIR]' (idx:DIR, DIR defaulting to /usr/share/datasets/fashion-mnist "
-    "of Debian's dataset-fashion-mnist package; 60000 train / 10000 val images, 10 classes), or 'synthetic' "
-    "(random images and labels, for benchmarks only: nothing to learn)"
-)
 
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0  # the split is fixed: the same for every run and test, whatever the run's seed

@@ -7,6 +7,7 @@ dashboard) see a feasible study.
 """
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -16,8 +17,8 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from nas.atomic_files import atomic_write
 from nas.cost_model import arch_cost, extreme_arch
 from nas.distributed import resolve_device
 from nas.evolution_sampler import (CLAIM_KEY, OBJECTIVES, WORKER_KEY, EvolutionSampler, fail_dead_trials, heartbeat,
@@ -25,12 +26,16 @@ from nas.evolution_sampler import (CLAIM_KEY, OBJECTIVES, WORKER_KEY, EvolutionS
 from nas.fitness import Fitness
 from nas.interrupts import Stopped, signals_deferred
 from nas.search_report import Candidate, candidates, print_table, write_outputs
-from nas.search_study import HEARTBEAT_S, open_storage, open_study, repair_journal
+from nas.options import HEARTBEAT_S, torch_threads
+from nas.progress import ProgressBars
+from nas.run_folders import SEARCH_SUMMARY
+from nas.search_study import open_storage, open_study, repair_journal
 from nas.trained_supernet import default_holdout, fitness_split, load_trained_supernet
 from nas.units import human
 from search_spaces import Arch
 
 WAIT_NOTICE_S = 60.0  # a worker that waits this long on others says on which trials
+STRATEGIES = ("evolution", "random")  # random: every candidate a random arch within the budget (the baseline)
 
 
 @dataclass
@@ -39,12 +44,13 @@ class EvolveConfig:
     flops: int | None = None  # MACs budget of one image
     params: int | None = None  # parameter budget
     objective: str = "top1"  # top1: SPOS, the most accurate subnet; pareto: NSGA-II on (top-1, MACs)
+    strategy: str = "evolution"  # or "random": population x generations random archs, no parents
     population: int = 50
     topk: int = 10
     generations: int = 20
-    mutations: int = 25
+    mutations: int | None = None  # default population // 2 (SPOS: 25 of 50); 0 with --strategy random
     mutation_prob: float = 0.1
-    crossovers: int = 25
+    crossovers: int | None = None  # default population // 2 (SPOS: 25 of 50); 0 with --strategy random
     seed: int = 0
     out: str = "runs/evolve"
     storage: str | None = None  # default: OUT/study.journal
@@ -54,11 +60,21 @@ class EvolveConfig:
     holdout: int | None = None  # default: the images the supernet run held out, else DEFAULT_HOLDOUT
     batch_size: int = 250
     device: str = "auto"
+    threads: int = 0  # torch threads; 0 = torch's default
     heartbeat: int = HEARTBEAT_S  # RDB storages: seconds between heartbeats of a running trial
     poll_s: float = 0.5  # how often a worker waiting for the others looks at the study again
     repair_journal: bool = False  # cut a torn end of the journal back to its last complete record first
 
     def validate(self) -> EvolveConfig:
+        """Check every option (ValueError naming it) and resolve the default mutation and crossover counts."""
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy {self.strategy!r}: choose from {list(STRATEGIES)}")
+        for name in ("mutations", "crossovers"):
+            if self.strategy == "random" and getattr(self, name):
+                raise ValueError(f"--{name} {getattr(self, name)}: --strategy random has no parents, so no children")
+            if getattr(self, name) is None:
+                scaled = self.population // 2 if isinstance(self.population, int) else self.population
+                setattr(self, name, 0 if self.strategy == "random" else max(0, scaled))
         for name, low in (("population", 2 if self.objective == "pareto" else 1), ("topk", 1), ("generations", 1),
                           ("mutations", 0), ("crossovers", 0), ("batch_size", 1), ("heartbeat", 1)):
             value = getattr(self, name)
@@ -91,12 +107,15 @@ class SearchResult:
     events: dict = field(default_factory=dict)  # counters: dead workers' trials failed at start
 
 
-def run_evolution(cfg: EvolveConfig, console: Console | None = None) -> SearchResult:
-    """Run (or resume, or join) the search. Ctrl-C and SIGTERM (`Stopped`) write the outputs of what has been
-    evaluated and say how to resume."""
+def run_evolution(cfg: EvolveConfig, console: Console | None = None, results: Console | None = None) -> SearchResult:
+    """Run (or resume, or join) the search: progress and notes on `console` (default stderr), the final table on
+    `results` (default `console`). Ctrl-C and SIGTERM (`Stopped`) write the outputs of what has been evaluated and
+    say how to resume."""
     cfg.validate()
+    console = console or Console(stderr=True)
     try:
-        return _run_evolution(cfg, console or Console(stderr=True))
+        with torch_threads(cfg.threads):
+            return _run_evolution(cfg, console, results or console)
     except Stopped as stop:
         stop.note = f"{stop.note or 'nothing evaluated yet'}; resume with: {resume_command(cfg)}"
         raise
@@ -105,14 +124,16 @@ def run_evolution(cfg: EvolveConfig, console: Console | None = None) -> SearchRe
 def resume_command(cfg: EvolveConfig) -> str:
     """The `nas evolve` command line that runs this search again (its options that differ from the defaults)."""
     argv = ["nas", "evolve"]
+    scaled = 0 if cfg.strategy == "random" else cfg.population // 2  # what --mutations / --crossovers default to
     for option in fields(cfg):
         value = getattr(cfg, option.name)
-        if option.name not in ("poll_s", "repair_journal") and value != option.default:
+        default = scaled if option.name in ("mutations", "crossovers") else option.default
+        if option.name not in ("poll_s", "repair_journal") and value != default:
             argv += [f"--{option.name.replace('_', '-')}", str(value)]
     return shlex.join(argv)
 
 
-def _run_evolution(cfg: EvolveConfig, console: Console) -> SearchResult:
+def _run_evolution(cfg: EvolveConfig, console: Console, results: Console) -> SearchResult:
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
     trained = load_trained_supernet(cfg.supernet, cfg.space, device)
@@ -136,12 +157,15 @@ def _run_evolution(cfg: EvolveConfig, console: Console) -> SearchResult:
         # soft_wrap: a long path must stay whole (rich folds words longer than the line)
         console.print(repair_journal(cfg.storage, out), soft_wrap=True, markup=False, highlight=False)
     storage, storage_name = open_storage(cfg.storage, out, cfg.heartbeat)
+    # --strategy random: the same sampler with no children, so every generation is random archs within the budget
     sampler = EvolutionSampler(space, feasible, population=cfg.population, topk=cfg.topk,
                                generations=cfg.generations, mutations=cfg.mutations,
                                mutation_prob=cfg.mutation_prob, crossovers=cfg.crossovers, objective=cfg.objective,
                                seed=cfg.seed, poll_s=cfg.poll_s)
     directions = ["maximize"] if cfg.objective == "top1" else ["maximize", "minimize"]
-    study = open_study(storage, cfg.study, sampler, directions, _settings(cfg, trained, data, holdout))
+    metrics = ["top1"] if cfg.objective == "top1" else ["top1", "macs"]  # what optuna's dashboard calls them
+    settings = _settings(cfg, trained, data, holdout)
+    study = open_study(storage, cfg.study, sampler, directions, settings, metrics)
     events = {"failed_dead_trials": fail_dead_trials(study)}
     if not sampler.plan(study, 0).archs:
         raise ValueError(f"no arch of space {space.name!r} within {_budget_text(cfg)} was found in "
@@ -152,7 +176,8 @@ def _run_evolution(cfg: EvolveConfig, console: Console) -> SearchResult:
                       "fitness")
     done_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     console.print(f"search: space {space.name}, {_budget_text(cfg)}, objective {cfg.objective}, "
-                  f"{cfg.generations} generations of {cfg.population}; fitness: top-1 on {holdout} held-out images "
+                  + ("random archs (the baseline), " if cfg.strategy == "random" else "")
+                  + f"{cfg.generations} generations of {cfg.population}; fitness: top-1 on {holdout} held-out images "
                   f"of {data!r}; study {cfg.study!r} in {storage_name}"
                   + (f" (resuming: {done_before} candidates done)" if done_before else ""))
 
@@ -163,17 +188,17 @@ def _run_evolution(cfg: EvolveConfig, console: Console) -> SearchResult:
                                  lambda trial, arch: _evaluate(trial, arch, sampler, cost, feasible, fitness, cfg))
     except Stopped as stop:
         with signals_deferred(deliver=False):  # a second Ctrl-C must not cut the outputs short
-            rows = _write_report(study, sampler, cfg)
+            rows = _write_report(study, sampler, cfg, settings, complete=False)
         if rows:
             stop.note = (f"{len(rows)} candidates evaluated, the best so far in {out / 'best.yaml'} (also "
                          "candidates.csv, search.png)")
         raise
     total = time.perf_counter() - start
 
-    rows = _write_report(study, sampler, cfg)
-    print_table(console, rows, pareto=cfg.objective == "pareto")
+    rows = _write_report(study, sampler, cfg, settings, complete=True)
+    print_table(results, rows, pareto=cfg.objective == "pareto")
     best = rows[0]
-    console.print(f"best: {best.arch.hash}, top-1 {100 * best.top1:.2f}%, {human(best.macs)} MACs, "
+    results.print(f"best: {best.arch.hash}, top-1 {100 * best.top1:.2f}%, {human(best.macs)} MACs, "
                   f"{human(best.params)} params -> {out / 'best.yaml'}; all candidates in {out / 'candidates.csv'}, "
                   f"plot {out / 'search.png'}")
     return SearchResult(out, best, rows, evaluated, fitness.seconds, total, storage_name, events)
@@ -219,14 +244,25 @@ def _search_loop(study: optuna.Study, sampler: EvolutionSampler, console: Consol
                               "its result is dropped and its arch evaluated again")
 
 
-def _write_report(study: optuna.Study, sampler: EvolutionSampler, cfg: EvolveConfig) -> list[Candidate]:
-    """OUT/best.yaml, candidates.csv and search.png of what the study has evaluated (nothing when it has not)."""
+def _write_report(study: optuna.Study, sampler: EvolutionSampler, cfg: EvolveConfig, settings: dict,
+                  complete: bool) -> list[Candidate]:
+    """OUT/best.yaml, candidates.csv, search.png and search.json of what the study has evaluated (nothing when it
+    has not); `complete`: the search is over."""
     rows = candidates(study, sampler.space, sampler._get_generation_key())
     if rows:
         seen = max(c.generation for c in rows) + 1
         title = (f"{sampler.space.name}, {_budget_text(cfg)}: {len(rows)} candidates in {seen} of "
                  f"{cfg.generations} generations")
-        write_outputs(Path(cfg.out), rows, cfg.flops, title)
+        out = Path(cfg.out)
+        write_outputs(out, rows, cfg.flops, title)
+        best = rows[0]
+        summary = {**settings, "kind": "search", "strategy": cfg.strategy, "generations": cfg.generations,
+                   "supernet": cfg.supernet, "complete": complete, "evaluated": len(rows), "generations_seen": seen,
+                   "planned": cfg.population * cfg.generations,
+                   "best": {"arch": best.arch.hash, "top1": best.top1, "macs": best.macs, "params": best.params,
+                            "file": str(out / "best.yaml")},
+                   "resume": resume_command(cfg)}
+        atomic_write(out / SEARCH_SUMMARY, json.dumps(summary, indent=2).encode())
     return rows
 
 
@@ -273,6 +309,8 @@ def _settings(cfg: EvolveConfig, trained, data: str, holdout: int) -> dict:
     """What a resume or another worker must share (--generations may grow: plans do not depend on it)."""
     shared = {k: v for k, v in asdict(cfg).items() if k in ("flops", "params", "objective", "population", "topk",
                                                           "mutations", "mutation_prob", "crossovers", "seed")}
+    if cfg.strategy == "random":  # recorded only then, so that a study of before --strategy resumes as it was
+        shared["strategy"] = cfg.strategy
     return {**shared, "space": trained.space.name, "space_hash": trained.space.hash,
             "checkpoint_sha256": trained.sha256, "data": data, "holdout": holdout}
 
@@ -282,11 +320,10 @@ class _GenerationBars:
 
     def __init__(self, console: Console, sampler: EvolutionSampler, generations: int):
         self.sampler, self.generations, self.tasks = sampler, generations, {}
-        self.progress = Progress(TextColumn("gen {task.fields[gen]:>2} of {task.fields[of]}"), BarColumn(),
-                                 MofNCompleteColumn(),
-                                 TextColumn("best {task.fields[best]}  mean {task.fields[mean]}  evaluated "
-                                            "{task.fields[evaluated]}  rejected {task.fields[rejected]}"),
-                                 TimeElapsedColumn(), console=console)
+        # plain lines (a log): one as each generation ends, and one every PLAIN_EVERY_S while it runs
+        self.progress = ProgressBars(console, lambda f: f"gen {f['gen']:>2} of {f['of']}",
+                                     lambda f: f"best {f['best']}  mean {f['mean']}  evaluated {f['evaluated']}  "
+                                               f"rejected {f['rejected']}", unit="candidates", plain_steps=1)
 
     def __enter__(self):
         self.progress.__enter__()
@@ -304,7 +341,7 @@ class _GenerationBars:
             plan = self.sampler.plan(study, g)
             if not plan.archs:
                 break
-            if g in self.tasks and self.progress.tasks[self.tasks[g]].finished:
+            if g in self.tasks and self.progress.finished(self.tasks[g]):
                 continue
             upto = [v for gen, v in scored if gen <= g]
             values = [v for gen, v in scored if gen == g]
@@ -312,8 +349,8 @@ class _GenerationBars:
                           mean=_pct(np.mean(values) if values else None), evaluated=len(upto),
                           rejected=sum(self.sampler.plan(study, h).rejected for h in range(g + 1)))
             if g not in self.tasks:
-                self.tasks[g] = self.progress.add_task("", total=len(plan.archs), **fields)
-            self.progress.update(self.tasks[g], completed=len(values), **fields)
+                self.tasks[g] = self.progress.add(len(plan.archs), len(values), **fields)
+            self.progress.update(self.tasks[g], len(values), **fields)
 
 
 def _pct(value: float | None) -> str:

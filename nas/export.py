@@ -8,6 +8,7 @@ measures the same images with the same batch size and reproduces it.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import Dataset
 
 from nas.atomic_files import FOLDER_SUFFIX
@@ -29,7 +29,9 @@ from nas.evaluate import top1
 from nas.exported_model import ARCH_FILE, META_FILE, WEIGHTS_FILE, read_exported, write_exported
 from nas.fitness import Fitness
 from nas.interrupts import Stopped
-from nas.trained_supernet import (DEFAULT_HOLDOUT, default_holdout, load_data, load_trained_supernet,
+from nas.progress import ProgressBars
+from nas.run_folders import SEARCH_SUMMARY
+from nas.trained_supernet import (DEFAULT_HOLDOUT, HOLDOUT_SEED, default_holdout, load_data, load_trained_supernet,
                                   split_held_out)
 from search_spaces import SearchSpace, load_arch
 
@@ -90,14 +92,13 @@ def _progress(console: Console | None, description: str, total: int):
     if console is None:
         yield lambda iterable: iterable
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(description, total=total)
+    with ProgressBars(console, lambda fields: description, plain_steps=0, transient=True) as progress:
+        task = progress.add(total)
 
         def track(iterable):
-            for item in iterable:
+            for done, item in enumerate(iterable, 1):
                 yield item
-                progress.advance(task)
+                progress.update(task, done)
         yield track
 
 
@@ -126,6 +127,16 @@ def _trained_on(sets: MeasurementData, config: dict) -> bool | None:
     except ValueError:  # no data recorded, or the run's data is no longer where it was
         return None
     return sets.holdout > (config.get("holdout") or 0) if same_data else None
+
+
+def _search_of(arch_file: str | Path, checkpoint_sha256: str) -> dict:
+    """The summary of the `nas evolve` run that wrote `arch_file` (its OUT/search.json, beside it) when that search
+    ran on this checkpoint, so that the export measures the images the search ranked the arch on; else {}."""
+    try:
+        summary = json.loads((Path(arch_file).parent / SEARCH_SUMMARY).read_text())
+    except (OSError, ValueError):
+        return {}
+    return summary if isinstance(summary, dict) and summary.get("checkpoint_sha256") == checkpoint_sha256 else {}
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -203,13 +214,19 @@ def _export(checkpoint: str | Path, arch_file: str | Path, out: Path, data: str 
     except ValueError as exc:
         raise ValueError(f"{exc} (checkpoint {str(checkpoint)!r} holds a supernet of space "
                          f"{trained.space.name!r})") from None
+    search = _search_of(arch_file, trained.sha256)
     if data is None:
-        data = trained.config.get("data")
+        data = search.get("data") or trained.config.get("data")
         if not data:
             raise ValueError(f"checkpoint {str(checkpoint)!r} does not record its training data: pass --data")
         _recorded(data, f"the training data recorded in checkpoint {str(checkpoint)!r}")
-    if holdout is None:
+    if holdout is not None:
+        holdout_from = "--holdout"
+    elif search.get("holdout"):
+        holdout, holdout_from = search["holdout"], f"the search's ({Path(arch_file).parent / SEARCH_SUMMARY})"
+    else:
         holdout = default_holdout(trained.config)
+        holdout_from = "the supernet run's --holdout" if trained.config.get("holdout") else "the default"
     sets = load_measurement_data(data, "holdout", holdout, trained.space, trained.num_classes)
     trained_on = _trained_on(sets, trained.config)
 
@@ -237,7 +254,7 @@ def _export(checkpoint: str | Path, arch_file: str | Path, out: Path, data: str 
         "inherited_top1": inherited,
         "measured": {"data": sets.data, "split": sets.split, "holdout": sets.holdout, "images": len(sets.images),
                      "batch_size": batch_size, "device": dev.type, "bn_recalibration": recalibration,
-                     "trained_on": trained_on},
+                     "trained_on": trained_on, "holdout_seed": HOLDOUT_SEED, "holdout_from": holdout_from},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     return write_exported(out, model, meta)

@@ -19,11 +19,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from nas.atomic_files import atomic_folder
+from nas.run_folders import ARCH_FILE, META_FILE, WEIGHTS_FILE
 from nas.trained_supernet import file_sha256
 from search_spaces import Arch, SearchSpace, load_arch
 from supernets.nas_vit import NasViT
 
-ARCH_FILE, WEIGHTS_FILE, META_FILE = "arch.yaml", "model.safetensors", "meta.json"
 
 
 @dataclass

@@ -24,14 +24,15 @@ from nas.data import make_loader
 from nas.evaluate import top1
 from nas.export import FORMAT, canonical_data
 from nas.exported_model import ARCH_FILE, ExportedModel, read_exported, write_exported
+from nas.options import torch_threads
+from nas.run_folders import FINAL_EVAL, MODEL_FOLDER
 from nas.train_config import RetrainConfig
 from nas.training_loop import (CHECKPOINT, Trainee, final_evaluation, load_training_data, make_optimizer,
-                                torch_threads, train_loop)
+                                train_loop)
 from nas.units import human
 from search_spaces import Arch, SearchSpace, load_arch
 from supernets.nas_vit import NasViT
 
-MODEL_FOLDER = "model"  # OUT/model: the export folder of the retrained network
 
 
 @dataclass
@@ -65,16 +66,19 @@ def resolve_arch(cfg: RetrainConfig) -> tuple[Arch, SearchSpace, ExportedModel |
     return arch, space, init
 
 
-def retrain(cfg: RetrainConfig, console: Console | None = None, clock=time.monotonic) -> RetrainResult:
+def retrain(cfg: RetrainConfig, console: Console | None = None, clock=time.monotonic,
+            results: Console | None = None) -> RetrainResult:
     """Train the arch's standalone network, checkpoint it, and at the end measure its val top-1 and write
     OUT/model. ValueError for user mistakes; TrainingDiverged when the loss is not finite. `clock` (seconds) times
-    --save-minutes."""
+    --save-minutes. Progress and notes go to `console` (default stderr), the result table to `results` (default
+    `console`)."""
     cfg.validate()
-    with torch_threads(cfg):
-        return _train_and_export(cfg, console or Console(stderr=True), clock)
+    console = console or Console(stderr=True)
+    with torch_threads(cfg.threads) as cfg.threads:  # config.yaml records the count; a resume uses it again
+        return _train_and_export(cfg, console, clock, results or console)
 
 
-def _train_and_export(cfg: RetrainConfig, console: Console, clock) -> RetrainResult:
+def _train_and_export(cfg: RetrainConfig, console: Console, clock, results: Console) -> RetrainResult:
     arch, space, init = resolve_arch(cfg)
     if not cfg.arch:
         cfg.arch = str(Path(cfg.init) / ARCH_FILE)  # config.yaml names the arch file a resume reads
@@ -139,13 +143,14 @@ def _train_and_export(cfg: RetrainConfig, console: Console, clock) -> RetrainRes
             write_exported(folder, final, meta)
             row = {"arch": arch.hash, "macs": macs, "params": params, "top1": accuracy, "init": cfg.init,
                    "model": str(folder)}
-            atomic_write(out / "final_eval.json", json.dumps(row, indent=2).encode())
-            _print_result(console, row)
+            atomic_write(out / FINAL_EVAL, json.dumps(row, indent=2).encode())
+            _print_result(results, row, data.num_classes)
     return RetrainResult(out, loop.step, True, accuracy, folder)
 
 
-def _print_result(console: Console, row: dict) -> None:
-    table = Table(title="val top-1 of the retrained network")
+def _print_result(console: Console, row: dict, num_classes: int) -> None:
+    table = Table(title="val top-1 of the retrained network",
+                  caption=f"chance level: {100 / num_classes:.2f}% ({num_classes} classes)")
     for column in ("arch", "MACs", "params", "top-1", "export folder"):
         table.add_column(column, justify="right" if column in ("MACs", "params", "top-1") else "left")
     table.add_row(row["arch"], human(row["macs"]), human(row["params"]), f"{100 * row['top1']:.2f}%", row["model"])

@@ -21,16 +21,14 @@ from optuna.trial import FrozenTrial
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 
-DEFAULT_JOURNAL = "study.journal"
+from nas.options import HEARTBEAT_S
+from nas.run_folders import DEFAULT_JOURNAL
+
 LOCK_GRACE_S = 30  # optuna's default: a journal lock unchanged this long is taken for a killed writer's
 RECORD_START = b'{"op_code":'  # how every record of an optuna journal begins
 CREATE_TRIAL, SET_TRIAL_STATE, COMPLETE = 4, 6, 1  # optuna's JournalOperation codes and TrialState.COMPLETE
-HEARTBEAT_S = 30  # default interval of the heartbeat of a running trial on an RDB storage; 2x is the grace period
 SETTINGS_KEY = "nas:settings"
 SCHEMA_RACE_RETRIES = 3
-STORAGE_HELP = ("where the study lives: an RDB URL (sqlite:///search.db, postgresql://user:pass@host/db, "
-                "mysql+pymysql://...) or the path of an optuna journal file; default OUT/study.journal. Workers "
-                "that run the same command on one storage share the search; running it again resumes it")
 
 
 def open_storage(url: str | None, out: Path, heartbeat_s: int = HEARTBEAT_S) -> tuple[BaseStorage, str]:
@@ -202,17 +200,23 @@ def _ends_whole(path: Path) -> bool:
 
 
 def open_study(storage: BaseStorage, name: str, sampler: optuna.samplers.BaseSampler, directions: list[str],
-               settings: dict) -> optuna.Study:
+               settings: dict, metric_names: list[str]) -> optuna.Study:
     """Create the study, or load it to resume or to join it as another worker. A study started with other
-    settings (budget, space, checkpoint, objective, GA parameters, seed, fitness split) is refused."""
+    settings (budget, space, checkpoint, objective, GA parameters, seed, fitness split) is refused. Its objectives
+    are named `metric_names` (optuna's dashboard says "Objective 0" otherwise)."""
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, directions=directions,
                                 load_if_exists=True)
     saved = study.user_attrs.get(SETTINGS_KEY)
     if saved is None:
         study.set_user_attr(SETTINGS_KEY, settings)
-        return study
-    differ = [f"{key} {saved.get(key)!r} (now {value!r})" for key, value in settings.items() if saved.get(key) != value]
-    if differ:
-        raise ValueError(f"study {name!r} was started with other settings: {'; '.join(differ)}. Run it with the "
-                         f"same options to resume it, or start another one with --study or --out")
+    else:
+        differ = [f"{key} {saved.get(key)!r} (now {value!r})" for key, value in settings.items()
+                  if saved.get(key) != value]
+        if differ:
+            raise ValueError(f"study {name!r} was started with other settings: {'; '.join(differ)}. Run it with the "
+                             f"same options to resume it, or start another one with --study or --out")
+    if study.metric_names != metric_names:  # a study of before they were named gets them too
+        with warnings.catch_warnings():  # optuna marks set_metric_names experimental
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            study.set_metric_names(metric_names)
     return study

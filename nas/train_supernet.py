@@ -22,11 +22,13 @@ from nas.atomic_files import atomic_write
 from nas.cost_model import arch_cost, extreme_arch
 from nas.data import make_loader
 from nas.evaluate import BN_RECALIBRATION_BATCHES, recalibrate_batchnorm, top1
+from nas.options import torch_threads
+from nas.run_folders import FINAL_EVAL
 from nas.samplers import build_sampler
 from nas.subnet_optimizer import SubnetOptimizer
 from nas.train_config import TrainConfig
 from nas.training_loop import (CHECKPOINT, Trainee, TrainingDiverged, final_evaluation, load_training_data,
-                                make_optimizer, torch_threads, train_loop)
+                                make_optimizer, train_loop)
 from nas.units import human
 from search_spaces import Arch, load_space
 from supernets.supernet import Supernet
@@ -42,15 +44,18 @@ class RunResult:
     table: list[dict]  # inherited val top-1 of the evaluated subnets (empty when stopped early)
 
 
-def train_supernet(cfg: TrainConfig, console: Console | None = None, clock=time.monotonic) -> RunResult:
-    """Train, checkpoint, and evaluate a few subnets at the end. ValueError for user mistakes. `clock` (seconds)
-    times --save-minutes."""
+def train_supernet(cfg: TrainConfig, console: Console | None = None, clock=time.monotonic,
+                   results: Console | None = None) -> RunResult:
+    """Train, checkpoint, and evaluate a few subnets at the end: progress and notes on `console` (default stderr),
+    the final table on `results` (default `console`). ValueError for user mistakes. `clock` (seconds) times
+    --save-minutes."""
     cfg.validate()
-    with torch_threads(cfg):
-        return _train_and_evaluate(cfg, console or Console(stderr=True), clock)
+    console = console or Console(stderr=True)
+    with torch_threads(cfg.threads) as cfg.threads:  # config.yaml records the count; a resume uses it again
+        return _train_and_evaluate(cfg, console, clock, results or console)
 
 
-def _train_and_evaluate(cfg: TrainConfig, console: Console, clock) -> RunResult:
+def _train_and_evaluate(cfg: TrainConfig, console: Console, clock, results: Console) -> RunResult:
     runtime = distributed.setup(cfg.device)
     out = Path(cfg.out)
 
@@ -85,8 +90,8 @@ def _train_and_evaluate(cfg: TrainConfig, console: Console, clock) -> RunResult:
         with final_evaluation(loop):
             table = evaluate_subnets(loop.final, space, data, cfg, runtime)
             if runtime.is_main:
-                atomic_write(out / "final_eval.json", json.dumps(table, indent=2).encode())
-                _print_table(console, table)
+                atomic_write(out / FINAL_EVAL, json.dumps(table, indent=2).encode())
+                _print_table(results, table, data.num_classes)
     return RunResult(out, loop.step, loop.finished, table)
 
 
@@ -110,8 +115,9 @@ def evaluate_subnets(supernet: Supernet, space, data, cfg: TrainConfig, runtime)
     return rows
 
 
-def _print_table(console: Console, rows: list[dict]) -> None:
-    table = Table(title="inherited val top-1 of subnets")
+def _print_table(console: Console, rows: list[dict], num_classes: int) -> None:
+    table = Table(title="inherited val top-1 of subnets",
+                  caption=f"chance level: {100 / num_classes:.2f}% ({num_classes} classes)")
     for column in ("subnet", "arch", "MACs", "params", "top-1"):
         table.add_column(column, justify="left" if column in ("subnet", "arch") else "right")
     for row in rows:

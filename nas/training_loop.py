@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shlex
-import signal
 import sys
-import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from typing import Callable
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -35,18 +33,18 @@ from torch.nn.parallel import DistributedDataParallel
 from nas import distributed
 from nas.atomic_files import atomic_write, remove_stale_temps
 from nas.checkpoint import load_checkpoint, save_checkpoint
+from nas.commands import hint
 from nas.cost_model import arch_cost
 from nas.data import Datasets, holdout_split, make_loader, train_subset
 from nas.distributed import Runtime
 from nas.interrupts import Stopped, signals_deferred
+from nas.progress import ProgressBars
+from nas.run_folders import CHECKPOINT, CONFIG, METRICS
 from nas.train_config import RunConfig
 from nas.trained_supernet import HOLDOUT_SEED, load_data
 from nas.units import human
 from search_spaces import Arch, SearchSpace
 
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.yaml"
-METRICS = "metrics.jsonl"
 distillation = SoftTargetCrossEntropy()  # a student's loss against its teacher's probabilities
 
 
@@ -54,16 +52,19 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left in place."""
 
 
-def run_training_command(train: Callable, config, prog: str) -> int:
-    """Run `train(config)` for a command: status 1 and one line when the loss diverged. The process group of a
-    torchrun launch is always destroyed: gloo's threads left to the interpreter's exit can abort a rank."""
+def run_training_command(train: Callable, config, prog: str, next_step: Callable[[object], str]) -> int:
+    """Run `train(config, results=...)` for a command, its result table on stdout, then say on stderr what to run
+    next (`next_step(result)`, on the main process): status 1 and one line when the loss diverged. The process group
+    of a torchrun launch is always destroyed: gloo's threads left to the interpreter's exit can abort a rank."""
     try:
-        train(config)
+        result = train(config, results=Console())
     except TrainingDiverged as exc:
         print(f"{prog}: stopped: {exc}", file=sys.stderr)
         return 1
     finally:
         distributed.teardown()
+    if os.environ.get("RANK", "0") == "0":  # torchrun's other ranks stay quiet
+        hint(next_step(result))
     return 0
 
 
@@ -95,20 +96,6 @@ class LoopResult:
     @property
     def finished(self) -> bool:
         return self.step == self.total_steps
-
-
-@contextmanager
-def torch_threads(cfg: RunConfig):
-    """Run the block with `cfg.threads` torch threads (0: the count torch uses now, then written into `cfg`, so that
-    config.yaml records it and a resume uses it again); the count before is restored after."""
-    before = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    cfg.threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def load_training_data(cfg: RunConfig, img_size: int, num_classes: int,
@@ -259,15 +246,14 @@ def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch
             stepper.step()
         stepper.zero_grad(set_to_none=True)
 
-    progress = Progress(TextColumn("[bold]epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]:.3f}  lr {task.fields[lr]:.2e}  "
-                                   "{task.fields[ips]:.0f} img/s  " + trainee.label + " {task.fields[macs]} MACs"),
-                        TimeRemainingColumn(), console=console, disable=not show, transient=False)
+    progress = ProgressBars(console, lambda f: f"epoch {f['epoch']}",
+                            lambda f: f"loss {f['loss']:.3f}  lr {f['lr']:.2e}  {f['ips']:.0f} img/s  "
+                                      f"{trainee.label} {f['macs']} MACs", unit="step", disable=not show)
     wrapped.train()
     loader_iter, window = None, {**carried, "images": 0, "start": time.perf_counter()}
     try:
         with progress:
-            task = progress.add_task("train", total=total_steps, completed=step, epoch=f"{step // steps_per_epoch + 1}"
+            task = progress.add(total_steps, step, epoch=f"{step // steps_per_epoch + 1}"
                                      f"/{cfg.epochs}", loss=float("nan"), lr=cfg.lr, ips=0.0, macs="-")
             while step < stop_at:
                 epoch, in_epoch = divmod(step, steps_per_epoch)
@@ -296,7 +282,7 @@ def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch
                     window["images"] += images.shape[0] * runtime.world_size
                     if step % cfg.log_every == 0 or step == stop_at:
                         elapsed = time.perf_counter() - window["start"]
-                        record = {"step": step, "epoch": epoch + 1, "loss": window["loss"] / window["steps"],
+                        record = {"step": step, "total_steps": total_steps, "epoch": epoch + 1, "loss": window["loss"] / window["steps"],
                                   "lr": optimizer.param_groups[0]["lr"],
                                   "images_per_s": window["images"] / max(elapsed, 1e-9),
                                   "macs": [arch_cost(a, trainee.space, data.num_classes)[0] for a in archs],
@@ -307,7 +293,7 @@ def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch
                             if writer is not None:
                                 for key in ("loss", "lr", "images_per_s"):
                                     writer.add_scalar(f"train/{key}", record[key], step)
-                        progress.update(task, completed=step, epoch=f"{epoch + 1}/{cfg.epochs}", loss=record["loss"],
+                        progress.update(task, step, epoch=f"{epoch + 1}/{cfg.epochs}", loss=record["loss"],
                                         lr=record["lr"], ips=record["images_per_s"], macs=human(max(record["macs"])))
                         if step % cfg.log_every == 0:  # the line of a --stop-after leaves the window open
                             window = {"loss": 0.0, "steps": 0, "images": 0, "start": time.perf_counter()}

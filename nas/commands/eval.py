@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 
 from rich.console import Console
 from rich.table import Table
 
-from nas.data import DATA_HELP
+from nas.commands import hint
+from nas.options import DATA_HELP, add_threads_option
 
 DATA = DATA_HELP.replace("'digits' (default: ", "'digits' (")  # the default here is another
 
@@ -37,21 +39,32 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="images per batch; default: the export's (250), which makes the result bit-for-bit comparable")
     add("--device", choices=("auto", "cpu", "cuda"), default="auto",
         help="auto: CUDA if available, else CPU (default auto)")
+    add_threads_option(parser)
     add("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
-    from nas.export import evaluate_export, format_points  # torch-heavy: only when evaluating
+    from nas.export import evaluate_export  # torch-heavy: only when evaluating
+    from nas.options import torch_threads
 
-    result = evaluate_export(args.folder, data=args.data, split=args.split, holdout=args.holdout,
-                             batch_size=args.batch_size, device=args.device, console=Console(stderr=True))
+    with torch_threads(args.threads):
+        result = evaluate_export(args.folder, data=args.data, split=args.split, holdout=args.holdout,
+                                 batch_size=args.batch_size, device=args.device, console=Console(stderr=True))
     if args.json:
         print(json.dumps(result, indent=2))
-        return
+    else:
+        _print_table(args.folder, result)
+    if result["split"] == "holdout":
+        hint(f"nas eval {shlex.quote(str(args.folder))} --split val   # on images no search has seen")
+
+
+def _print_table(folder: str, result: dict) -> None:
+    from nas.export import format_points
+
     where = "held-out train" if result["split"] == "holdout" else "val"
-    table = Table(title=f"{args.folder}: arch {result['arch_hash']} (space {result['space']})", show_header=False)
+    table = Table(title=f"{folder}: arch {result['arch_hash']} (space {result['space']})", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_column()

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 
-from nas.commands import SPACE_HELP
-from nas.data import DATA_HELP
-from nas.search_study import HEARTBEAT_S, STORAGE_HELP
+from nas.commands import SPACE_HELP, hint
+from nas.options import DATA_HELP, HEARTBEAT_S, STORAGE_HELP, add_threads_option
 from nas.units import parse_count
 
 DESCRIPTION = """Search a trained supernet for the most accurate subnet within a budget, with the
@@ -16,17 +16,20 @@ Generation 0 is --population random archs within the budget; every later generat
 --topk best so far as parents and adds --mutations mutated children (each gene redrawn with
 --mutation-prob), --crossovers children of two parents, and random archs up to --population.
 Candidates over budget, outside the space or seen before are rejected before evaluation. The
-fitness is the top-1 of the subnet on images held out of the train set (--holdout).
+fitness is the top-1 of the subnet on images held out of the train set (--holdout). --strategy
+random evaluates as many random archs within the budget instead: the baseline of a search.
 
 The search is an optuna study (--storage, --study): run the same command again to resume it after a
 crash, or on several machines at once to share it; no arch is evaluated twice. Writes
-OUT/best.yaml, OUT/candidates.csv (every candidate), OUT/search.png (top-1 against MACs)."""
+OUT/best.yaml, OUT/candidates.csv (every candidate), OUT/search.png (top-1 against MACs) and
+OUT/search.json (how far it got, its settings and best: what 'nas show OUT' reads)."""
 EXAMPLE = """budgets are MACs (multiply-accumulates) and params: 4G, 4.5G, 600M, 4e9, 4000000000.
 
 example:
   nas evolve --supernet runs/supernet/checkpoint.pt --flops 20M
   nas evolve --supernet runs/in1k/checkpoint.pt --flops 4G --storage sqlite:///search.db --out runs/search
   nas evolve --supernet runs/supernet/checkpoint.pt --flops 50M --objective pareto
+  nas evolve --supernet runs/supernet/checkpoint.pt --flops 20M --strategy random --out runs/random
   optuna-dashboard runs/evolve/study.journal      # watch it (pip install optuna-dashboard)"""
 
 
@@ -49,15 +52,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add("--objective", choices=("top1", "pareto"), default="top1",
         help="top1: the most accurate subnet within the budget (SPOS, default); pareto: NSGA-II on top-1 and "
              "MACs, reporting the whole accuracy-MACs front within the budget")
+    add("--strategy", choices=("evolution", "random"), default="evolution",
+        help="evolution: SPOS's evolutionary search (default); random: every candidate a random arch within the "
+             "budget, --population x --generations of them: the baseline a search should beat")
     add("--population", type=int, metavar="N", default=50, help="candidates per generation (default %(default)s)")
     add("--topk", type=int, metavar="N", default=10, help="parents kept for the next generation (default %(default)s; "
                                              "with --objective pareto the NSGA-II elite is --population)")
     add("--generations", type=int, metavar="N", default=20, help="generations, including the random first one (default "
                                                     "%(default)s; a finished search resumed with more continues)")
-    add("--mutations", type=int, metavar="N", default=25, help="mutated children per generation; with --crossovers at most --population "
-                                               "(default %(default)s)")
+    add("--mutations", type=int, metavar="N", help="mutated children per generation; with --crossovers at most "
+                                                   "--population (default --population // 2, as SPOS's 25 of 50)")
     add("--mutation-prob", type=float, metavar="P", default=0.1, help="probability to redraw each gene (default %(default)s)")
-    add("--crossovers", type=int, metavar="N", default=25, help="children of two parents per generation (default %(default)s)")
+    add("--crossovers", type=int, metavar="N",
+        help="children of two parents per generation (default --population // 2, as SPOS's 25 of 50)")
     add("--seed", type=int, metavar="N", default=0, help="seed of the plans: (seed, generation) fixes a generation's "
                                             "candidates given its parents (default %(default)s)")
     add("--out", default="runs/evolve", metavar="DIR", help="output folder (default %(default)s)")
@@ -75,16 +82,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                  "split); default: the supernet run's --holdout, else 1000")
     add("--batch-size", type=int, metavar="N", default=250, help="images per forward pass (default %(default)s)")
     add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if available (default)")
-    add("--json", action="store_true", help="also print the best candidate as one JSON object on stdout")
+    add_threads_option(parser)
+    add("--json", action="store_true", help="print the best candidate as one JSON object on stdout (the table goes "
+                                            "to stderr)")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
+    from rich.console import Console
+
     from nas.evolve import EvolveConfig, run_evolution  # torch-heavy: only when searching
 
-    options = {k: v for k, v in vars(args).items() if k in EvolveConfig.__dataclass_fields__}
-    result = run_evolution(EvolveConfig(**options))
+    options = {k: v for k, v in vars(args).items() if k in EvolveConfig.__dataclass_fields__ and v is not None}
+    result = run_evolution(EvolveConfig(**options), results=Console(stderr=args.json))
+    hint(f"nas export --supernet {shlex.quote(args.supernet)} --arch {shlex.quote(str(result.out / 'best.yaml'))} "
+         f"--out {shlex.quote(str(result.out / 'model'))}")
     if args.json:
         best = result.best
         print(json.dumps({"arch": best.arch.hash, "top1": best.top1, "macs": best.macs, "params": best.params,

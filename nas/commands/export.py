@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 
 from rich.console import Console
 from rich.table import Table
 
-from nas.commands import SPACE_HELP
-from nas.data import DATA_HELP
+from nas.commands import SPACE_HELP, hint
+from nas.options import DATA_HELP, add_threads_option
 
 DATA = DATA_HELP.replace("'digits' (default: ", "'digits' (")  # the default here is another
 
@@ -44,7 +45,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                          f"(from the checkpoint)")
     add("--holdout", type=int, metavar="N",
         help="train images held out to measure the inherited top-1 (a fixed draw: the same images as "
-             "'nas evolve'); default: the images the training run held out, else 1000")
+             "'nas evolve'); default: the search's when ARCH.yaml is a 'nas evolve' best.yaml (its search.json), "
+             "else the images the training run held out, else 1000")
     add("--batch-size", type=int, metavar="N", default=250,
         help="images per batch when measuring (and recalibrating BatchNorm); default 250")
     add("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -52,29 +54,40 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add("--space", metavar="NAME|PATH",
         help=f"{SPACE_HELP}; only for a checkpoint that does not hold its space (default: the checkpoint's)")
     add("--force", action="store_true", help="replace an export already in --out")
+    add_threads_option(parser)
     add("--json", action="store_true", help="print meta.json (and the folder) as one JSON object instead of a table")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> None:
-    from nas.export import export_subnet, format_points  # torch-heavy: only when exporting
-    from nas.units import human
+    from nas.export import export_subnet  # torch-heavy: only when exporting
+    from nas.options import torch_threads
 
-    meta = export_subnet(args.supernet, args.arch, args.out, data=args.data, holdout=args.holdout,
-                         batch_size=args.batch_size, device=args.device, space=args.space, force=args.force,
-                         console=Console(stderr=True))
+    with torch_threads(args.threads):
+        meta = export_subnet(args.supernet, args.arch, args.out, data=args.data, holdout=args.holdout,
+                             batch_size=args.batch_size, device=args.device, space=args.space, force=args.force,
+                             console=Console(stderr=True))
     if args.json:
         print(json.dumps({"out": str(args.out), **meta}, indent=2))
-        return
+    else:
+        _print_table(args, meta)
+    hint(f"nas eval {shlex.quote(str(args.out))}")
+
+
+def _print_table(args: argparse.Namespace, meta: dict) -> None:
+    from nas.export import format_points
+    from nas.units import human
+
     measured = meta["measured"]
     table = Table(title=f"exported {args.arch} -> {args.out}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     table.add_row("arch", f"{meta['arch_hash']} (space {meta['space']})")
     table.add_row("MACs / params", f"{human(meta['macs'])} / {human(meta['params'])}")
-    table.add_row("inherited top-1", f"{format_points(meta['inherited_top1'])} on {measured['images']:,} held-out "
-                                     f"train images of {measured['data']}")
+    table.add_row("inherited top-1", f"{format_points(meta['inherited_top1'])} on the {measured['images']:,} "
+                                     f"held-out train images of {measured['data']} (holdout seed "
+                                     f"{measured['holdout_seed']}; size: {measured['holdout_from']})")
     if measured["trained_on"]:
         table.add_row("note", "the training run did not hold these images out: it was trained on them")
     recalibration = measured["bn_recalibration"]
@@ -84,4 +97,3 @@ def run(args: argparse.Namespace) -> None:
                               f"sha256 {meta['checkpoint_sha256'][:12]})")
     table.add_row("files", f"{args.out}/arch.yaml, model.safetensors, meta.json")
     Console().print(table)
-    print(f"check: nas eval {args.out}")

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from nas.commands import SPACE_HELP
+from nas.commands import SPACE_HELP, hint
 from nas.cost_model import arch_cost_breakdown
 from nas.units import human
 from search_spaces import load_arch
@@ -43,7 +44,12 @@ def run(args: argparse.Namespace) -> None:
                  for name, side, macs, params in cost.parts]
         print(json.dumps({"arch": str(args.arch), "arch_hash": arch.hash, "space": space.name, "macs": cost.macs,
                           "params": cost.params, "parts": parts}, indent=2))
-        return
+    else:
+        _print_table(args, arch, space, cost)
+    hint(f"nas train-supernet --space {shlex.quote(space.ref or space.name)}   # the supernet of its space")
+
+
+def _print_table(args: argparse.Namespace, arch, space, cost) -> None:
     table = Table(title=str(args.arch), caption=f"arch {arch.hash}, space {space.name}")
     table.add_column("part")
     table.add_column("tokens", justify="right")

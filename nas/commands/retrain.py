@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 
 from nas.commands.train_supernet import add_training_options, resolve_config
 from nas.train_config import RetrainConfig
@@ -60,4 +61,10 @@ def run(args: argparse.Namespace) -> int:
     from nas.retrain import retrain  # torch-heavy: only when training
     from nas.training_loop import run_training_command
 
-    return run_training_command(retrain, resolve_config(args, RetrainConfig), args.prog)
+    cfg = resolve_config(args, RetrainConfig)
+
+    def next_step(result) -> str:
+        if not result.finished:
+            return f"nas retrain --out {shlex.quote(cfg.out)} --resume"
+        return f"nas eval {shlex.quote(str(result.model))} --split val"
+    return run_training_command(retrain, cfg, args.prog, next_step)

@@ -3,22 +3,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from nas.commands import SPACE_HELP
-from nas.cost_model import arch_cost
+from nas.commands import SPACE_HELP, hint
+from nas.cost_model import arch_cost, extreme_arch
 from nas.units import human
 from search_spaces import load_space
 
 DESCRIPTION = """Draw N distinct random archs of a space (every gene uniform, invalid draws
 rejected) and write them to DIR/arch_000.yaml, DIR/arch_001.yaml, ...
-The same space and seed give the same archs."""
+The same space and seed give the same archs. --extreme writes the space's largest or smallest
+arch (by MACs) to DIR/largest.yaml or DIR/smallest.yaml instead."""
 EXAMPLE = """example:
   nas sample --space tiny-32 -n 8 --seed 0 --out archs/
+  nas sample --space tiny-32 --extreme largest --out archs/
   nas flops archs/arch_000.yaml"""
 
 
@@ -43,6 +46,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="directory for the arch YAML files (created if missing; files of the same name "
                              "are overwritten)")
+    parser.add_argument("--extreme", choices=("largest", "smallest"),
+                        help="write the space's arch of most / fewest MACs (DIR/largest.yaml, DIR/smallest.yaml) "
+                             "instead of random ones")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(func=run)
     return parser
@@ -50,25 +56,39 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     space = load_space(args.space)
+    if args.extreme and args.num != 1:
+        raise ValueError(f"-n {args.num}: --extreme writes one arch")
     if args.num > space.size:
         raise ValueError(f"-n {args.num} exceeds the {space.size} distinct archs of space {space.name!r}")
-    rng = np.random.default_rng(args.seed)
-    archs = {}  # hash -> arch, in draw order; duplicates are redrawn so the N files differ
-    while len(archs) < args.num:
-        arch = space.sample(rng)
-        archs.setdefault(arch.hash, arch)
+    if args.extreme:
+        named = {f"{args.extreme}.yaml": extreme_arch(space, largest=args.extreme == "largest")}
+    else:
+        rng = np.random.default_rng(args.seed)
+        archs = {}  # hash -> arch, in draw order; duplicates are redrawn so the N files differ
+        while len(archs) < args.num:
+            arch = space.sample(rng)
+            archs.setdefault(arch.hash, arch)
+        width = max(3, len(str(args.num - 1)))  # keep file names sorting in draw order
+        named = {f"arch_{i:0{width}d}.yaml": arch for i, arch in enumerate(archs.values())}
     args.out.mkdir(parents=True, exist_ok=True)
-    width = max(3, len(str(args.num - 1)))  # keep file names sorting in draw order
     rows = []
-    for i, (arch_hash, arch) in enumerate(archs.items()):
-        path = args.out / f"arch_{i:0{width}d}.yaml"
+    for name, arch in named.items():
+        path = args.out / name
         arch.save(path)
         macs, params = arch_cost(arch, space)
-        rows.append({"file": str(path), "hash": arch_hash, "macs": macs, "params": params})
+        rows.append({"file": str(path), "hash": arch.hash, "macs": macs, "params": params})
     if args.json:
-        print(json.dumps({"space": space.name, "seed": args.seed, "archs": rows}, indent=2))
-        return
-    table = Table(title=f"{args.num} archs of space {space.name} (seed {args.seed})", caption=f"written to {args.out}")
+        print(json.dumps({"space": space.name, "seed": None if args.extreme else args.seed,
+                          "extreme": args.extreme, "archs": rows}, indent=2))
+    else:
+        _print_table(args, space, rows)
+    hint(f"nas flops {shlex.quote(rows[0]['file'])}")
+
+
+def _print_table(args: argparse.Namespace, space, rows: list[dict]) -> None:
+    title = (f"the {args.extreme} arch of space {space.name}" if args.extreme else
+             f"{args.num} archs of space {space.name} (seed {args.seed})")
+    table = Table(title=title, caption=f"written to {args.out}")
     for column in ("file", "hash", "MACs", "params"):
         table.add_column(column, justify="right" if column in ("MACs", "params") else "left")
     for row in rows:

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 
 from rich.console import Console
 from rich.table import Table
 
-from nas.commands import SPACE_HELP
+from nas.commands import SPACE_HELP, hint
 from nas.cost_model import space_cost_range
 from nas.units import human
 from search_spaces import SearchSpace, load_space
@@ -34,10 +35,11 @@ def run(args: argparse.Namespace) -> None:
     summary = {**space.to_dict(), "hash": space.hash, "size": space.size, **space_cost_range(space)}
     if args.json:
         print(json.dumps(summary, indent=2))
-        return
-    console = Console()
-    console.print(_genes_table(space))
-    console.print(_summary_table(space, summary))
+    else:
+        console = Console()
+        console.print(_genes_table(space))
+        console.print(_summary_table(space, summary))
+    hint(f"nas sample --space {shlex.quote(args.space)} -n 8 --out archs/")
 
 
 def _genes_table(space: SearchSpace) -> Table:

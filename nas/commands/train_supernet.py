@@ -5,14 +5,20 @@ as is the resolution of a run's config (`resolve_config`)."""
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from nas.commands import SPACE_HELP
-from nas.data import DATA_HELP
+from nas.cost_model import arch_cost
+from nas.options import DATA_HELP, add_threads_option
+from nas.run_folders import CHECKPOINT
 from nas.samplers import SAMPLERS
 from nas.train_config import AMP_MODES, RunConfig, TrainConfig, load_config
+from nas.units import SUFFIXES
+from search_spaces import load_space
 
 DEFAULTS = TrainConfig()
 DESCRIPTION = """Train the supernet of a search space with single-path one-shot (SPOS): every step
@@ -103,9 +109,8 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: RunConfig, *
     add("--log-every", type=int, help=f"steps between lines of metrics.jsonl (default {defaults.log_every})")
     add("--tensorboard", action="store_true", default=None, help="also log to OUT/tensorboard")
     add("--device", choices=("auto", "cpu", "cuda"), help="auto: CUDA if available, else CPU (default auto)")
-    add("--threads", type=int, metavar="N",
-        help="torch threads per process; the figures depend on it, so config.yaml records the count and --resume "
-             "uses it again; 0 = torch's default (default 0)")
+    add_threads_option(parser, help="torch threads per process; the figures depend on it, so config.yaml records "
+                                    "the count and --resume uses it again; 0 = torch's default (default 0)")
 
 
 def resolve_config(args: argparse.Namespace, kind: type[RunConfig] = TrainConfig) -> RunConfig:
@@ -138,7 +143,6 @@ def saved_options(out: Path) -> tuple[dict, str]:
     if damage is None:
         return options, repr(str(saved))
     from nas.checkpoint import load_checkpoint  # torch-heavy: only for a damaged run folder
-    from nas.training_loop import CHECKPOINT
 
     checkpoint = out / CHECKPOINT
     if damage == "missing" and not checkpoint.exists():
@@ -155,4 +159,20 @@ def run(args: argparse.Namespace) -> int:
     from nas.train_supernet import train_supernet  # torch-heavy: only when training
     from nas.training_loop import run_training_command
 
-    return run_training_command(train_supernet, resolve_config(args), args.prog)
+    cfg = resolve_config(args)
+
+    def next_step(result) -> str:
+        if not result.finished:
+            return f"nas train-supernet --out {shlex.quote(cfg.out)} --resume"
+        return (f"nas evolve --supernet {shlex.quote(str(Path(cfg.out) / CHECKPOINT))} "
+                f"--flops {suggested_budget(load_space(cfg.space))}")
+    return run_training_command(train_supernet, cfg, args.prog, next_step)
+
+
+def suggested_budget(space, draws: int = 1000, fit: float = 0.9) -> str:
+    """A MACs budget for a first search of `space`: what `fit` of its random archs fit in (a fixed draw), rounded
+    to two significant digits; tight enough to matter, loose enough to leave the search a choice."""
+    rng = np.random.default_rng(0)
+    macs = float(f"{np.quantile([arch_cost(space.sample(rng), space)[0] for _ in range(draws)], fit):.2g}")
+    suffix, scale = max(((s, v) for s, v in SUFFIXES.items() if v <= macs), key=lambda item: item[1])
+    return f"{macs / scale:g}{suffix}"  # 16M, not human()'s 16.0M

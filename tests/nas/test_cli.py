@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from nas.cli import main
-from nas.cost_model import arch_cost, space_cost_range
+from nas.cost_model import arch_cost, extreme_arch, space_cost_range
 from nas.units import human
 from search_spaces import load_arch, load_space
 
@@ -67,6 +67,29 @@ def test_sample_writes_distinct_valid_reproducible_archs(tmp_path, capsys):
     assert [r["hash"] for r in again["archs"]] == hashes
     other = run_json(capsys, "sample", "--space", "tiny-32", "-n", "5", "--seed", "8", "--out", str(tmp_path / "c"))
     assert [r["hash"] for r in other["archs"]] != hashes
+
+
+@pytest.mark.parametrize("extreme", ["largest", "smallest"])
+def test_sample_extreme_writes_the_space_s_largest_and_smallest_arch(tmp_path, capsys, extreme):
+    out = run_json(capsys, "sample", "--space", "tiny-32", "--extreme", extreme, "--out", str(tmp_path))
+    space = load_space("tiny-32")
+    arch, _ = load_arch(tmp_path / f"{extreme}.yaml")
+    assert arch == extreme_arch(space, largest=extreme == "largest")
+    bound = {"largest": "max_macs", "smallest": "min_macs"}[extreme]
+    assert [row["macs"] for row in out["archs"]] == [space_cost_range(space)[bound]]
+
+
+def test_sample_extreme_takes_one_arch(tmp_path, capsys):
+    line = run_error(capsys, "sample", "--space", "tiny-32", "--extreme", "largest", "-n", "2", "--out", str(tmp_path))
+    assert line == "nas sample: error: -n 2: --extreme writes one arch"
+
+
+def test_results_on_stdout_the_next_step_on_stderr(tmp_path, capsys):
+    assert main(["sample", "--space", "tiny-32", "-n", "2", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert "arch_000.yaml" in captured.out and captured.err == f"next: nas flops {tmp_path / 'arch_000.yaml'}\n"
+    assert main(["space", "tiny-32"]) == 0
+    assert capsys.readouterr().err == "next: nas sample --space tiny-32 -n 8 --out archs/\n"
 
 
 def test_sample_table(tmp_path, capsys):

@@ -3,16 +3,17 @@ two workers on a journal file and on SQLite), a resumed search ends like an unin
 right, and user mistakes are one error line with status 2."""
 import csv
 import io
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 import torch
-import yaml
 from optuna.trial import TrialState
 from rich.console import Console
 
@@ -306,6 +307,7 @@ def test_pareto_objective_reports_the_front(checkpoint, tmp_path):
     result = search(checkpoint, tmp_path, objective="pareto", flops=None)
     study = optuna.load_study(study_name="evolve", storage=open_storage(None, tmp_path)[0])
     assert len(study.directions) == 2
+    assert study.metric_names == ["top1", "macs"]  # optuna-dashboard's names, not "Objective 0"
     optuna_front = {t.system_attrs[CLAIM_KEY] for t in study.best_trials}
     assert {c.arch.hash for c in result.rows if c.on_front} <= optuna_front  # optuna keeps ties on both axes
     assert len({c.arch.hash for c in result.rows}) == len(result.rows) == 18
@@ -344,7 +346,11 @@ def test_resuming_with_other_settings_is_refused(checkpoint, uninterrupted, caps
     (["--flops", "8M", "--holdout", "5000"], "--holdout 5000: expected an int in [1, 1436]"),
     (["--flops", "8M", "--population", "0"], "--population must be an int >= 1"),
     (["--flops", "8M", "--mutation-prob", "1.5"], "--mutation-prob must be in [0, 1]"),
-    (["--flops", "8M", "--population", "20"], "--mutations + --crossovers (25 + 25) must be at most --population"),
+    (["--flops", "8M", "--population", "20", "--mutations", "15", "--crossovers", "10"],
+     "--mutations + --crossovers (15 + 10) must be at most --population (20)"),
+    (["--flops", "8M", "--strategy", "random", "--mutations", "2"], "--mutations 2: --strategy random has no parents"),
+    (["--flops", "8M", "--strategy", "greedy"], "argument --strategy: invalid choice: 'greedy'"),
+    (["--flops", "8M", "--threads", "-1"], "--threads must be an int >= 0, got -1"),
     (["--flops", "8M", "--seed", "-1"], "--seed must be an int >= 0, got -1"),
     (["--flops", "nan"], "--flops: 'nan': expected a positive count"),
     (["--flops", "inf"], "--flops: 'inf': expected a positive count"),
@@ -378,8 +384,64 @@ def test_a_missing_checkpoint_is_one_error_line(tmp_path, capsys):
 
 
 def test_json_prints_the_best(uninterrupted, checkpoint, capsys):
-    """Running a finished search again evaluates nothing and reports the same best."""
+    """Running a finished search again evaluates nothing and reports the same best: stdout holds only the JSON,
+    the table and the next step go to stderr."""
     result, out = uninterrupted
     assert main(evolve_argv(checkpoint, out, "--json")) == 0
-    best = yaml.safe_load(capsys.readouterr().out)  # JSON is YAML
+    captured = capsys.readouterr()
+    best = json.loads(captured.out)
     assert best["arch"] == result.best.arch.hash and best["candidates"] == 18
+    assert "top 10 of 18 candidates" in captured.err
+    assert f"next: nas export --supernet {checkpoint} --arch {out / 'best.yaml'} --out {out / 'model'}" in captured.err
+
+
+def test_the_table_goes_to_stdout(uninterrupted, checkpoint, capsys):
+    result, out = uninterrupted
+    assert main(evolve_argv(checkpoint, out)) == 0
+    captured = capsys.readouterr()
+    assert "top 10 of 18 candidates" in captured.out and result.best.arch.hash in captured.out
+    assert "top 10" not in captured.err and "next: nas export" in captured.err
+
+
+def test_the_study_names_its_metric_and_search_json_says_it_is_complete(uninterrupted, checkpoint):
+    result, out = uninterrupted
+    study = optuna.load_study(study_name="evolve", storage=open_storage(None, out)[0])
+    assert study.metric_names == ["top1"]
+    summary = json.loads((out / "search.json").read_text())
+    assert summary["complete"] is True and summary["evaluated"] == summary["planned"] == 18
+    assert summary["best"]["arch"] == result.best.arch.hash and summary["holdout"] == SMALL["holdout"]
+
+
+@pytest.mark.parametrize("population, expected", [(50, 25), (8, 4), (7, 3), (1, 0)])
+def test_mutations_and_crossovers_default_to_half_the_population(population, expected):
+    cfg = EvolveConfig(supernet="unused.pt", population=population).validate()
+    assert (cfg.mutations, cfg.crossovers) == (expected, expected)
+    explicit = EvolveConfig(supernet="unused.pt", population=population, mutations=0, crossovers=1).validate()
+    assert (explicit.mutations, explicit.crossovers) == (0, 1)
+    assert EvolveConfig(supernet="unused.pt", population=population, strategy="random").validate().mutations == 0
+
+
+def test_random_strategy_draws_every_generation_at_random_within_the_budget(checkpoint, tmp_path):
+    """--strategy random: population x generations candidates, generation g being the first feasible, unseen
+    draws of the generator seeded (seed, g): no parent shapes them."""
+    result = search(checkpoint, tmp_path, strategy="random", mutations=None, crossovers=None)
+    space = load_space("tiny-32")
+    assert len(result.rows) == SMALL["population"] * SMALL["generations"]
+    seen, expected = set(), {}
+    for generation in range(SMALL["generations"]):
+        rng = np.random.default_rng([0, generation])
+        while sum(g == generation for g in expected.values()) < SMALL["population"]:
+            arch = space.sample(rng)
+            if arch.hash not in seen and arch_cost(arch, space, 10)[0] <= BUDGET:
+                seen.add(arch.hash)
+                expected[arch.hash] = generation
+    assert {c.arch.hash: c.generation for c in result.rows} == expected
+    summary = json.loads((tmp_path / "search.json").read_text())
+    assert summary["strategy"] == "random" and summary["complete"]
+
+
+def test_population_8_generations_1_just_works(checkpoint, tmp_path, capsys):
+    assert main(["evolve", "--supernet", str(checkpoint), "--flops", str(BUDGET), "--out", str(tmp_path),
+                 "--population", "8", "--generations", "1", "--holdout", "120", "--device", "cpu",
+                 "--threads", "1"]) == 0
+    assert len(list(csv.DictReader((tmp_path / "candidates.csv").open()))) == 8

@@ -114,7 +114,8 @@ def test_inherited_top1_is_the_subnets_top1_on_evolutions_held_out_split(ln):
     expected = top1(trained.supernet, make_loader(held, 64, train=False), CPU, arch)
     assert meta["inherited_top1"] == expected
     assert meta["measured"] == {"data": "digits", "split": "holdout", "holdout": 200, "images": 200,
-                                "batch_size": 64, "device": "cpu", "bn_recalibration": None, "trained_on": True}
+                                "batch_size": 64, "device": "cpu", "bn_recalibration": None, "trained_on": True,
+                                "holdout_seed": 0, "holdout_from": "--holdout"}
 
 
 def test_eval_reproduces_the_inherited_top1_exactly(ln, capsys):
@@ -355,3 +356,24 @@ def test_eval_errors_name_the_problem(ln, tmp_path, capsys):
     (mixed / "meta.json").write_text(json.dumps(meta))
     line = run_error(capsys, "eval", str(mixed))
     assert "moved" in line and "meta.json" in line and "pass --data" in line
+
+
+@pytest.mark.parametrize("same_checkpoint", [True, False])
+def test_export_measures_the_images_of_the_search_that_found_the_arch(ln, tmp_path, same_checkpoint):
+    """An arch beside a search.json of this checkpoint is measured on the search's held-out images (its size, not
+    the run's default of 1,000); a search.json of another checkpoint is ignored."""
+    checkpoint, arch_file, _, _ = ln
+    search = tmp_path / "search"
+    search.mkdir()
+    shutil.copy(arch_file, search / "best.yaml")
+    sha256 = hashlib.sha256(checkpoint.read_bytes()).hexdigest() if same_checkpoint else "0" * 64
+    (search / "search.json").write_text(json.dumps({"checkpoint_sha256": sha256, "holdout": 150, "data": "digits"}))
+    meta = _cli_json("export", "--supernet", str(checkpoint), "--arch", str(search / "best.yaml"), "--out",
+                     str(tmp_path / "export"), "--batch-size", "64", "--device", "cpu", "--threads", "1")
+    measured = meta["measured"]
+    if same_checkpoint:
+        assert (measured["holdout"], measured["images"], measured["holdout_seed"]) == (150, 150, 0)
+        assert measured["holdout_from"] == f"the search's ({search / 'search.json'})"
+    else:
+        assert (measured["holdout"], measured["holdout_from"]) == (default_holdout({}), "the default")
+    assert _cli_json("eval", str(tmp_path / "export"), "--device", "cpu")["images"] == measured["images"]
