@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from nas.commands import SPACE_HELP
+from nas.commands import SPACE_HELP, hint
 from nas.commands.evolve import budget
 
 DESCRIPTION = """From data to a shipped model in one command: train the supernet (nas train-supernet),
@@ -89,8 +89,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from nas.interrupts import Stopped
-    from nas.pipeline.options import (PipelineConfig, default_budget, parse_set, read_sections, resolve_stages,
-                                      save_or_check)
+    from nas.pipeline.options import (PipelineConfig, check_budget, default_budget, parse_set, read_sections,
+                                      resolve_stages, save_or_check)
     from nas.pipeline.report import REPORT_HTML, REPORT_MD, write_report
     from nas.pipeline.stages import Pipeline, StageEnded
 
@@ -99,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name} must be >= 0, got {getattr(args, name)}")
     stages, invocation = resolve_stages(read_sections(args.config) if args.config else {}, parse_set(args.set))
     flops, params = default_budget(args.space, args.flops, args.params)
+    check_budget(args.space, flops, params)
     cfg = PipelineConfig(space=args.space, data=args.data, flops=flops, params=params, seed=args.seed,
                          threads=args.threads or torch.get_num_threads(), device=args.device, random=args.random,
                          retrain_from=args.retrain_from, stages=stages)
@@ -122,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(before)
     _print_summary(rows, out / REPORT_MD, out / REPORT_HTML)
+    hint(f"nas eval {out / 'retrain' / 'found' / 'model'}   (the found arch retrained; the report ends with how to "
+         f"load it with timm)")
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from nas.atomic_files import atomic_write
+from nas.units import human
 
 STAGES = ("train-supernet", "evolve", "export", "eval", "retrain")
 
@@ -190,6 +191,20 @@ def default_budget(space: str, flops: int | None, params: int | None) -> tuple[i
         return budget.get("flops"), budget.get("params")
     raise ValueError(f"--space {space!r} has no default budget: give --flops and/or --params "
                      f"(defaults exist for {sorted(DEFAULT_BUDGETS)})")
+
+
+def check_budget(space: str, flops: int | None, params: int | None) -> None:
+    """ValueError when a budget is below the smallest arch of the space: found now, not after the supernet's training
+    (nas evolve checks it again with the data's classes)."""
+    from nas.cost_model import space_cost_range
+    from search_spaces import load_space
+
+    costs = space_cost_range(load_space(space))
+    for option, budget, smallest, unit in (("--flops", flops, costs["min_macs"], "MACs"),
+                                           ("--params", params, costs["min_params"], "params")):
+        if budget is not None and budget < smallest:
+            raise ValueError(f"{option} {human(budget)} ({budget}) is below the smallest arch of space {space!r}: "
+                             f"{human(smallest)} ({smallest}) {unit}")
 
 
 def save_or_check(cfg: PipelineConfig, out: Path) -> None:

@@ -55,7 +55,7 @@ class StageRecord:
         self.path = path
         try:
             self.stages = json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):  # a new run, or (never: atomic) a torn file
+        except (FileNotFoundError, json.JSONDecodeError):  # a new run; unreadable: the stages judged by their files
             self.stages = {}
 
     def finished(self, name: str) -> bool:

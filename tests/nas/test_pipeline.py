@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import yaml
 from nas.cli import main
 from nas.cost_model import arch_cost
 from nas.pipeline import baselines
-from nas.pipeline.report import SECTIONS
+from nas.pipeline.report import SECTIONS, write_report
 from search_spaces import load_space
 
 # 2 epochs of 5 steps (160 images at batch 32), a search of 8 candidates, retraining of 2 steps an epoch.
@@ -230,6 +231,29 @@ def test_kill_in_each_stage_then_rerun_finishes_as_an_uninterrupted_run(tmp_path
     assert stages["train-supernet"]["runs"] == 2 and stages["train-supernet"]["finished"]  # the killed runs uncounted
 
 
+def test_what_kills_in_export_eval_and_latency_leave_is_redone(finished, tiny_yaml, tmp_path):
+    reference, _ = finished
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    # a kill in the export: no export folder, a half-written hidden one beside it; in eval or latency: no file yet
+    shutil.rmtree(out / "model")
+    stale = out / ".model.k1ll3d.tmpdir"
+    stale.mkdir()
+    (stale / "arch.yaml").write_text("space: tiny-32\nst")
+    (out / "eval.json").unlink()
+    (out / "latency.json").unlink()
+    kept = {name: _files(out / name) for name in ("supernet", "search", "archs", "baselines", "retrain")}
+
+    assert main(["pipeline", "-c", str(tiny_yaml), "--out", str(out), *OPTIONS]) == 0
+    assert not stale.exists()
+    assert {name: _files(out / name) for name in kept} == kept  # only the missing outputs were made again
+    ours, theirs = (json.loads((folder / "model" / "meta.json").read_text()) for folder in (out, reference))
+    for key in ("arch_hash", "weights_sha256", "checkpoint_sha256", "inherited_top1", "macs", "params"):
+        assert ours[key] == theirs[key], key
+    assert json.loads((out / "eval.json").read_text())["difference"] == 0
+    assert set(json.loads((out / "latency.json").read_text())["archs"]) == set(compared(out))
+
+
 @pytest.mark.parametrize("text, message", [
     ("evolv: {population: 4}\n", "unknown section(s) ['evolv']; allowed: ['train-supernet', 'evolve', "),
     ("evolve: {popsize: 4}\n", "section 'evolve': unknown option(s) ['popsize'] of 'nas evolve'; allowed: "),
@@ -257,11 +281,26 @@ def test_bad_pipeline_yaml_is_one_line(tmp_path, capsys, text, message):
     (["--set", "search.population=3"], "--set 'search.population=3': unknown stage 'search'"),
     (["--space", "unified-224"], "--space 'unified-224' has no default budget: give --flops and/or --params"),
     (["--random", "-1"], "--random must be >= 0, got -1"),
+    (["--flops", "100K"], "--flops 100K (100000) is below the smallest arch of space 'tiny-32': "),
 ])
 def test_bad_options_are_one_line(tmp_path, capsys, argv, message):
     assert main(["pipeline", "--out", str(tmp_path / "run"), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_report_says_when_the_found_arch_is_the_biggest(finished, tmp_path):
+    reference, _ = finished
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    names = compared(out)
+    names.pop("biggest")
+    (out / "archs" / "compared.json").write_text(json.dumps({"archs": names, "found_is_biggest": True}))
+    rows = write_report(out, "nas pipeline")
+    assert [row.name for row in rows] == list(names)
+    report = (out / "report.md").read_text()
+    assert "The found arch is itself the biggest arch under the budget that the search saw" in report
+    assert "**beats**" not in report and "**does not beat**" not in report
 
 
 def test_baselines_are_within_the_budget(finished):
