@@ -14,6 +14,7 @@ import yaml
 
 from nas.atomic_files import atomic_write
 from nas.units import human
+from search_spaces.loading import read_yaml
 
 STAGES = ("train-supernet", "evolve", "export", "eval", "retrain")
 
@@ -83,12 +84,7 @@ def accepts(stage: str, option: str) -> bool:
 def read_sections(path: str | Path) -> dict[str, dict]:
     """The stage sections of a -c PIPELINE.yaml file; ValueError naming the file and what is wrong."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ValueError(f"-c {str(path)!r}: cannot read it ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise ValueError(f"-c {str(path)!r} is not valid YAML: {exc}") from None
+    data = read_yaml(path, "-c")
     if data is None:
         return {}
     if not isinstance(data, dict):
