@@ -173,13 +173,13 @@ def _run_evolution(cfg: EvolveConfig, console: Console, results: Console) -> Sea
     if not trained.config.get("holdout"):
         console.print(f"[yellow]note:[/] the supernet was trained on every train image of {data}, the "
                       f"{holdout} held out here included; train it with --holdout {holdout} for an unbiased "
-                      "fitness")
+                      "fitness", soft_wrap=True)
     done_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     console.print(f"search: space {space.name}, {_budget_text(cfg)}, objective {cfg.objective}, "
                   + ("random archs (the baseline), " if cfg.strategy == "random" else "")
                   + f"{cfg.generations} generations of {cfg.population}; fitness: top-1 on {holdout} held-out images "
                   f"of {data!r}; study {cfg.study!r} in {storage_name}"
-                  + (f" (resuming: {done_before} candidates done)" if done_before else ""))
+                  + (f" (resuming: {done_before} candidates done)" if done_before else ""), soft_wrap=True)
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -200,7 +200,7 @@ def _run_evolution(cfg: EvolveConfig, console: Console, results: Console) -> Sea
     best = rows[0]
     results.print(f"best: {best.arch.hash}, top-1 {100 * best.top1:.2f}%, {human(best.macs)} MACs, "
                   f"{human(best.params)} params -> {out / 'best.yaml'}; all candidates in {out / 'candidates.csv'}, "
-                  f"plot {out / 'search.png'}")
+                  f"plot {out / 'search.png'}", soft_wrap=True)
     return SearchResult(out, best, rows, evaluated, fitness.seconds, total, storage_name, events)
 
 
@@ -220,7 +220,7 @@ def _search_loop(study: optuna.Study, sampler: EvolutionSampler, console: Consol
                 if time.monotonic() - waiting_since > WAIT_NOTICE_S and not noticed:
                     noticed = True
                     console.print(f"waiting for other workers to finish generation {progress.generation}: "
-                                  f"{_running(study)}")
+                                  f"{_running(study)}", soft_wrap=True)
                 sampler.wait(study)
                 continue
             waiting_since, noticed = None, False
@@ -241,7 +241,7 @@ def _search_loop(study: optuna.Study, sampler: EvolutionSampler, console: Consol
                 evaluated += 1
             else:  # its heartbeat was missed: another worker failed it, and its arch went back to the plan
                 console.print(f"trial {trial.number} was failed by another worker meanwhile (a missed heartbeat); "
-                              "its result is dropped and its arch evaluated again")
+                              "its result is dropped and its arch evaluated again", soft_wrap=True)
 
 
 def _write_report(study: optuna.Study, sampler: EvolutionSampler, cfg: EvolveConfig, settings: dict,

@@ -12,7 +12,12 @@ import json
 import shlex
 from pathlib import Path
 
+import numpy as np
 import yaml
+
+from nas.cost_model import arch_cost
+from nas.units import SUFFIXES
+from search_spaces import load_space
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -93,12 +98,27 @@ def _training(folder: Path) -> dict:
         rows = result if isinstance(result, list) else []
         summary["best"] = {row["subnet"]: {"top1": row["top1"], "macs": row["macs"], "arch": row["arch"]}
                            for row in rows}
-        summary["next"] = f"nas evolve --supernet {shlex.quote(str(folder / CHECKPOINT))} --flops BUDGET"
+        budget = suggested_budget(config["space"]) if config.get("space") else "BUDGET"
+        summary["next"] = f"nas evolve --supernet {shlex.quote(str(folder / CHECKPOINT))} --flops {budget}"
     else:
         summary["best"] = {"val top-1": {"top1": result.get("top1"), "macs": result.get("macs"),
                                          "arch": result.get("arch")}}
         summary["next"] = f"nas eval {shlex.quote(str(folder / MODEL_FOLDER))} --split val"
     return summary
+
+
+def suggested_budget(space: str, draws: int = 1000, fit: float = 0.9) -> str:
+    """A MACs budget for a first search of `space` (a name or YAML path): what `fit` of its random archs fit in (a
+    fixed draw), to two significant digits; tight enough to matter, loose enough to leave the search a choice.
+    "BUDGET" when the space cannot be loaded (a YAML file moved away)."""
+    try:
+        space = load_space(space)
+    except ValueError:
+        return "BUDGET"
+    rng = np.random.default_rng(0)
+    macs = float(f"{np.quantile([arch_cost(space.sample(rng), space)[0] for _ in range(draws)], fit):.2g}")
+    suffix, scale = max(((s, v) for s, v in SUFFIXES.items() if v <= macs), key=lambda item: item[1])
+    return f"{macs / scale:g}{suffix}"  # 16M, not human()'s 16.0M
 
 
 def _training_config(folder: Path) -> dict:

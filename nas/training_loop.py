@@ -282,8 +282,8 @@ def train_loop(cfg: RunConfig, trainee: Trainee, data: Datasets, steps_per_epoch
                     window["images"] += images.shape[0] * runtime.world_size
                     if step % cfg.log_every == 0 or step == stop_at:
                         elapsed = time.perf_counter() - window["start"]
-                        record = {"step": step, "total_steps": total_steps, "epoch": epoch + 1, "loss": window["loss"] / window["steps"],
-                                  "lr": optimizer.param_groups[0]["lr"],
+                        record = {"step": step, "total_steps": total_steps, "epoch": epoch + 1,
+                                  "loss": window["loss"] / window["steps"], "lr": optimizer.param_groups[0]["lr"],
                                   "images_per_s": window["images"] / max(elapsed, 1e-9),
                                   "macs": [arch_cost(a, trainee.space, data.num_classes)[0] for a in archs],
                                   "archs": [a.hash for a in archs]}

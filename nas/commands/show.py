@@ -73,7 +73,9 @@ def _rows(summary: dict) -> list[tuple[str, str]]:
         if summary.get("strategy"):
             budget = summary["budget"]
             rows += [("strategy", f"{summary['strategy']}, objective {summary['objective']}"),
-                     ("budget", ", ".join(f"{human(v)} {k}" for k, v in budget.items() if v) or "none"),
+                     ("budget", ", ".join(f"{human(v)} {unit}" for unit, v in (("MACs", budget["macs"]),
+                                                                             ("params", budget["params"])) if v)
+                      or "none"),
                      ("fitness", f"top-1 on {summary['holdout']} held-out train images of {summary['data']}")]
     else:
         rows += [("arch", f"{summary['arch']} (space {summary['space']})"),

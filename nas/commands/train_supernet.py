@@ -8,17 +8,13 @@ import argparse
 import shlex
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from nas.commands import SPACE_HELP
-from nas.cost_model import arch_cost
 from nas.options import DATA_HELP, add_threads_option
-from nas.run_folders import CHECKPOINT
+from nas.run_folders import CHECKPOINT, suggested_budget
 from nas.samplers import SAMPLERS
 from nas.train_config import AMP_MODES, RunConfig, TrainConfig, load_config
-from nas.units import SUFFIXES
-from search_spaces import load_space
 
 DEFAULTS = TrainConfig()
 DESCRIPTION = """Train the supernet of a search space with single-path one-shot (SPOS): every step
@@ -165,14 +161,6 @@ def run(args: argparse.Namespace) -> int:
         if not result.finished:
             return f"nas train-supernet --out {shlex.quote(cfg.out)} --resume"
         return (f"nas evolve --supernet {shlex.quote(str(Path(cfg.out) / CHECKPOINT))} "
-                f"--flops {suggested_budget(load_space(cfg.space))}")
+                f"--flops {suggested_budget(cfg.space)}")
     return run_training_command(train_supernet, cfg, args.prog, next_step)
 
-
-def suggested_budget(space, draws: int = 1000, fit: float = 0.9) -> str:
-    """A MACs budget for a first search of `space`: what `fit` of its random archs fit in (a fixed draw), rounded
-    to two significant digits; tight enough to matter, loose enough to leave the search a choice."""
-    rng = np.random.default_rng(0)
-    macs = float(f"{np.quantile([arch_cost(space.sample(rng), space)[0] for _ in range(draws)], fit):.2g}")
-    suffix, scale = max(((s, v) for s, v in SUFFIXES.items() if v <= macs), key=lambda item: item[1])
-    return f"{macs / scale:g}{suffix}"  # 16M, not human()'s 16.0M

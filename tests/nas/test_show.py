@@ -67,7 +67,7 @@ def test_a_finished_training_run(runs, capsys):
     assert (summary["kind"], summary["complete"], summary["progress"]["steps"]) == ("supernet", True, 2)
     assert {name: figures["top1"] for name, figures in summary["best"].items()} == {r["subnet"]: r["top1"]
                                                                                    for r in final}
-    assert summary["next"].startswith(f"nas evolve --supernet {runs / 'supernet' / 'checkpoint.pt'} --flops")
+    assert summary["next"] == f"nas evolve --supernet {runs / 'supernet' / 'checkpoint.pt'} --flops 16M"  # as train
 
 
 def test_a_finished_search(runs, capsys):
