@@ -18,6 +18,7 @@ import yaml
 from rich.console import Console
 from safetensors import safe_open
 
+import nas.export
 from nas.cli import main
 from nas.cost_model import arch_cost
 from nas.data import load_datasets, make_loader, parse_data
@@ -377,3 +378,17 @@ def test_export_measures_the_images_of_the_search_that_found_the_arch(ln, tmp_pa
     else:
         assert (measured["holdout"], measured["holdout_from"]) == (default_holdout({}), "the default")
     assert _cli_json("eval", str(tmp_path / "export"), "--device", "cpu")["images"] == measured["images"]
+
+
+def test_threads_is_the_torch_thread_count_while_measuring_and_restored_after(ln, monkeypatch):
+    _, _, out, _ = ln
+    seen = []
+
+    def counting_top1(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return top1(*args, **kwargs)
+
+    monkeypatch.setattr(nas.export, "top1", counting_top1)
+    assert torch.get_num_threads() == 1  # the module's fixture
+    _cli_json("eval", str(out), "--device", "cpu", "--threads", "2")
+    assert seen == [2] and torch.get_num_threads() == 1
