@@ -2,8 +2,8 @@
 command a user would type) and skipped when the file it writes at its very end is there:
 
     train-supernet   OUT/supernet           final_eval.json        (interrupted: rerun with --resume)
-    evolve           OUT/search             OUT/stages.json says it returned 0, and best.yaml (a stopped search
-                                                                    writes best.yaml too; rerun: its journal resumes)
+    evolve           OUT/search             search.json, "complete": true   (a stopped search writes it too,
+                                                                             not complete; its journal resumes)
     export found     OUT/model              meta.json              (the folder is written as a whole)
     eval             OUT/eval.json          itself ('nas eval --json' of OUT/model)
     compare          OUT/archs              compared.json          (written as a whole)
@@ -33,6 +33,7 @@ from nas.atomic_files import atomic_write
 from nas.exported_model import META_FILE, read_meta
 from nas.pipeline import baselines
 from nas.pipeline.options import PipelineConfig, accepts, check_parses, stage_argv
+from nas.run_folders import SEARCH_SUMMARY
 from search_spaces import load_arch
 
 STAGES_FILE, EVAL_FILE, LATENCY_FILE = "stages.json", "eval.json", "latency.json"
@@ -55,11 +56,8 @@ class StageRecord:
         self.path = path
         try:
             self.stages = json.loads(path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):  # a new run; unreadable: the stages judged by their files
+        except (FileNotFoundError, json.JSONDecodeError):  # a new run; unreadable: the times start again
             self.stages = {}
-
-    def finished(self, name: str) -> bool:
-        return bool(self.stages.get(name, {}).get("finished"))
 
     def add(self, name: str, seconds: float, finished: bool) -> None:
         entry = self.stages.setdefault(name, {"seconds": 0.0, "runs": 0, "finished": False})
@@ -144,7 +142,7 @@ class Pipeline:
         """Every stage not complete yet, in order. StageEnded when one is stopped, fails or ends early."""
         paths = self.paths
         self.stage("train-supernet", self.train_argv, paths.supernet / FINAL_EVAL)
-        self.stage("evolve", self.evolve_argv, paths.search / "best.yaml", trusted=False)
+        self.stage("evolve", self.evolve_argv, paths.search / SEARCH_SUMMARY, ready=_search_complete)
         self.stage("export found", lambda: self.export_argv(paths.search / "best.yaml", paths.model),
                    paths.model / META_FILE)
         self.stage("eval", self.eval_argv, paths.out / EVAL_FILE,
@@ -160,11 +158,11 @@ class Pipeline:
                        paths.retrain / name / FINAL_EVAL)
         self.step("latency", paths.out / LATENCY_FILE, lambda: self.measure_latency(names))
 
-    def stage(self, name: str, argv, marker: Path, trusted: bool = True, on_success=None) -> None:
-        """Run `nas argv()` unless `marker` is there (and, when not `trusted`, the record says the stage finished).
+    def stage(self, name: str, argv, marker: Path, ready=Path.is_file, on_success=None) -> None:
+        """Run `nas argv()` unless `ready(marker)`: by default, unless the file `marker` is there.
         Its stdout (tables) goes to stderr, so the pipeline's stdout holds only its own result; `on_success`, if
         given, gets the stdout text instead and writes the marker."""
-        if self.complete(name, marker, trusted):
+        if self.complete(name, marker, ready):
             return
         line = argv()
         self.console.print(f"[bold]nas pipeline:[/] {name}: nas {shlex.join(line)}", soft_wrap=True, highlight=False)
@@ -174,7 +172,7 @@ class Pipeline:
             status = cli.main(line)
         if status == 0 and on_success:
             on_success(captured.getvalue())
-        finished = status == 0 and marker.is_file()
+        finished = status == 0 and ready(marker)
         self.record.add(name, time.perf_counter() - start, finished)
         if status in STOP_STATUSES:
             raise StageEnded(status, f"stopped in stage {name!r}; to continue, rerun the same command: {self.rerun}")
@@ -187,14 +185,14 @@ class Pipeline:
 
     def step(self, name: str, marker: Path, work) -> None:
         """The pipeline's own work between stages (no command of its own), skipped when `marker` is there."""
-        if self.complete(name, marker, trusted=True):
+        if self.complete(name, marker, Path.is_file):
             return
         start = time.perf_counter()
         work()
         self.record.add(name, time.perf_counter() - start, marker.is_file())
 
-    def complete(self, name: str, marker: Path, trusted: bool) -> bool:
-        done = marker.is_file() and (trusted or self.record.finished(name))
+    def complete(self, name: str, marker: Path, ready) -> bool:
+        done = ready(marker)
         if done:
             self.console.print(f"[bold]nas pipeline:[/] {name}: complete ({marker}), skipped", soft_wrap=True,
                                highlight=False)
@@ -218,6 +216,14 @@ class Pipeline:
         atomic_write(self.paths.out / LATENCY_FILE,
                      (json.dumps({"archs": measured, "load_before": load, "cpus": os.cpu_count()}, indent=2)
                       + "\n").encode())
+
+
+def _search_complete(summary: Path) -> bool:
+    """Whether nas evolve's search.json says the search is over (a stopped search writes it too, not complete)."""
+    try:
+        return json.loads(summary.read_text()).get("complete") is True
+    except (FileNotFoundError, json.JSONDecodeError):
+        return False
 
 
 def _json_object(text: str, command: str) -> bytes:

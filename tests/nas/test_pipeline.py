@@ -1,6 +1,6 @@
 """`nas pipeline`: one run end to end on tiny settings (shared by the tests), its report, a rerun that skips every
-stage, kills in the stages followed by reruns that finish with the uninterrupted run's results, and the one-line
-errors of bad stage options."""
+stage, kills and stops in the stages followed by reruns that finish with the uninterrupted run's results, and the
+one-line errors of bad stage options."""
 from __future__ import annotations
 
 import contextlib
@@ -165,7 +165,7 @@ def _wait_then_kill(process: subprocess.Popen, ready, what: str) -> None:
         assert time.monotonic() < deadline, f"no {what} in {HANG_GUARD_S} s"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.wait(timeout=HANG_GUARD_S)
 
 
 def _candidates(out: Path) -> list[dict]:
@@ -194,25 +194,32 @@ def test_kill_in_each_stage_then_rerun_finishes_as_an_uninterrupted_run(tmp_path
     command = [sys.executable, "-m", "nas", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
+    logs = []
+
     def start() -> subprocess.Popen:
-        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        logs.append(tmp_path / f"stderr-{len(logs)}.txt")
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=logs[-1].open("w"))
+
+    def last_log() -> str:
+        return logs[-1].read_text()[-3000:]
 
     def metrics_step() -> int:
         lines = (out / "supernet" / "metrics.jsonl").read_text().splitlines()
         return json.loads(lines[-1])["step"] if lines and lines[-1].endswith("}") else 0
 
     _wait_then_kill(start(), lambda: metrics_step() >= 5, "training step 5")  # in train-supernet, after step 4's save
-    assert not (out / "supernet" / "final_eval.json").exists()
+    assert not (out / "supernet" / "final_eval.json").exists(), last_log()
 
     _wait_then_kill(start(), lambda: _journal_trials(out) >= 3, "3 evaluated candidates")  # in evolve
-    assert not (out / "model").exists()
+    assert not (out / "model").exists(), last_log()
     supernet = _files(out / "supernet")
 
     _wait_then_kill(start(), lambda: (out / "retrain" / "found" / "checkpoint.pt").exists(), "a retrain checkpoint")
-    assert not (out / "retrain" / "found" / "final_eval.json").exists()
+    assert not (out / "retrain" / "found" / "final_eval.json").exists(), last_log()
     search, model = _files(out / "search"), _files(out / "model")
 
-    assert subprocess.run(command, env=env, capture_output=True, timeout=HANG_GUARD_S).returncode == 0
+    final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    assert final.returncode == 0, final.stderr[-3000:]
     assert _files(out / "supernet") == supernet  # finished stages were not run again
     assert _files(out / "search") == search and _files(out / "model") == model
 
@@ -228,7 +235,23 @@ def test_kill_in_each_stage_then_rerun_finishes_as_an_uninterrupted_run(tmp_path
         theirs = json.loads((reference / "retrain" / name / "final_eval.json").read_text())
         assert (ours["arch"], ours["top1"]) == (theirs["arch"], theirs["top1"]), name
     stages = json.loads((out / "stages.json").read_text())
-    assert stages["train-supernet"]["runs"] == 2 and stages["train-supernet"]["finished"]  # the killed runs uncounted
+    assert stages["train-supernet"]["runs"] == 2 and stages["train-supernet"]["finished"]  # the killed run uncounted
+
+
+def test_a_stopped_search_is_continued_not_skipped(finished, tiny_yaml, tmp_path):
+    """Ctrl-C in evolve writes best.yaml and search.json of what was evaluated, with "complete": false."""
+    reference, _ = finished
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    summary = out / "search" / "search.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "complete": False}))
+    later = {name: _files(out / name) for name in ("model", "archs", "retrain")}
+
+    assert main(["pipeline", "-c", str(tiny_yaml), "--out", str(out), *OPTIONS]) == 0
+    assert json.loads(summary.read_text())["complete"] is True
+    assert json.loads((out / "stages.json").read_text())["evolve"]["runs"] == 2
+    assert (out / "search" / "best.yaml").read_text() == (reference / "search" / "best.yaml").read_text()
+    assert {name: _files(out / name) for name in later} == later
 
 
 def test_what_kills_in_export_eval_and_latency_leave_is_redone(finished, tiny_yaml, tmp_path):
