@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from timm.models import register_model
+from timm.models import build_model_with_cfg, register_model
 from torch import nn
 
 from search_spaces import Arch, SearchSpace, StageArch, load_arch, load_space
@@ -227,7 +227,12 @@ class Head(nn.Module):
 
 
 class NasViT(nn.Module):
-    """The network of one arch. Built with `PLAIN_OPS` (default) it is the standalone exported model."""
+    """The network of one arch. Built with `PLAIN_OPS` (default) it is the standalone exported model.
+
+    It follows timm's model interface: `forward_features` / `forward_head`, `get_classifier` / `reset_classifier`,
+    `feature_info` (one entry per stage) and `forward_intermediates` / `prune_intermediate_layers`, which
+    `timm.create_model("nas_vit", ..., features_only=True)` uses to return the stage maps of a backbone.
+    """
 
     def __init__(self, arch: Arch, space: SearchSpace, num_classes: int | None = None, ops: Ops = PLAIN_OPS):
         super().__init__()
@@ -235,12 +240,13 @@ class NasViT(nn.Module):
         self.num_classes = space.num_classes if num_classes is None else num_classes
         first = arch.stages[0].dim
         self.stem = Stem(space.in_chans, first, space.stem_stride, space.conv_norm, ops)
-        stages, c_in = [], first
-        for genes in arch.stages:
+        stages, c_in, reduction, self.feature_info = [], first, space.stem_stride, []
+        for i, genes in enumerate(arch.stages):
             stages.append(Stage(c_in, genes, space.head_dim, space.conv_norm, ops))
-            c_in = genes.dim
+            c_in, reduction = genes.dim, reduction * genes.pool
+            self.feature_info.append(dict(num_chs=c_in, reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.ModuleList(stages)
-        self.num_features = c_in
+        self.num_features = self.head_hidden_size = c_in
         self.head = Head(c_in, self.num_classes, ops)
 
     def forward_features(self, x):  # (B, 3, H, W) -> (B, C_4, H_4, W_4)
@@ -258,6 +264,59 @@ class NasViT(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new, randomly initialised classifier for `num_classes` (0: none, the model returns pooled features)."""
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"nas_vit pools by the mean of its tokens; global_pool={global_pool!r} is not supported")
+        self.num_classes = num_classes
+        self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False):
+        """The output maps of the stages in `indices` (None: all; an int n: the last n; negative counts from the
+        end), each (B, C_i, H_i, W_i). `norm` applies the head's LayerNorm to the last stage's map. Returns the
+        maps, or (final features, maps) unless `intermediates_only`; `stop_early` skips the stages after the last
+        one taken."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"nas_vit's intermediates are NCHW maps; output_fmt={output_fmt!r} is not supported")
+        take = self._take_indices(indices)
+        last = len(self.stages) - 1
+        x, maps = self.stem(x), []
+        for i, stage in enumerate(self.stages[:max(take) + 1] if stop_early or intermediates_only else self.stages):
+            x = stage(x)
+            if i in take:
+                maps.append(self._norm_map(x) if norm and i == last else x)
+        return maps if intermediates_only else (x, maps)
+
+    def prune_intermediate_layers(self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last one in `indices` (and the head): what a features-only backbone keeps."""
+        take = self._take_indices(indices)
+        self.stages = self.stages[:max(take) + 1]
+        self.feature_info = self.feature_info[:max(take) + 1]
+        if prune_head:
+            self.reset_classifier(0)
+        if prune_norm:
+            self.head.norm = nn.Identity()
+        return take
+
+    def _take_indices(self, indices) -> list[int]:
+        count = len(self.stages)
+        if indices is None:
+            indices = count
+        if isinstance(indices, int):
+            if not 0 < indices <= count:
+                raise ValueError(f"indices={indices}: take the last 1 to {count} stages")
+            return list(range(count - indices, count))
+        take = [i + count if i < 0 else i for i in indices]
+        if not take or any(not 0 <= i < count for i in take):
+            raise ValueError(f"indices={list(indices)}: stage indices are in [{-count}, {count - 1}]")
+        return take
+
+    def _norm_map(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) normed over C, as the head norms it
+        return tokens_to_map(self.head.norm(map_to_tokens(x)), x.shape[-2:])
+
 
 def resolve_arch(arch: Arch | str | Path, space: SearchSpace | str | None = None) -> tuple[Arch, SearchSpace]:
     """An arch given as an Arch or a YAML path, validated against its space (or `space`)."""
@@ -268,22 +327,57 @@ def resolve_arch(arch: Arch | str | Path, space: SearchSpace | str | None = None
     return load_arch(arch, space)
 
 
+FEATURES_ONLY_OPTIONS = ("features_only", "out_indices", "feature_cls")  # handled by timm's build_model_with_cfg
+
+
+def pretrained_cfg(space: SearchSpace, num_classes: int, meta: dict | None = None) -> dict:
+    """timm's pretrained_cfg of a model of `space`: input size, classifier, first conv, and what an export's
+    meta.json records (the mean and std its images were normalised with)."""
+    cfg = dict(input_size=(space.in_chans, space.img_size, space.img_size), num_classes=num_classes,
+               classifier="head.fc", first_conv="stem.conv1", crop_pct=1.0, interpolation="bilinear")
+    recorded = (meta or {}).get("pretrained_cfg", {})
+    return {**cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}}  # JSON has no tuples
+
+
 @register_model
 def nas_vit(pretrained: bool = False, arch: Arch | str | Path | None = None, space: SearchSpace | str | None = None,
             num_classes: int | None = None, **kwargs) -> NasViT:
-    """timm entry point: `timm.create_model("nas_vit", arch=PATH_OR_ARCH, num_classes=K)`."""
+    """timm entry point: `timm.create_model("nas_vit", arch=PATH_OR_ARCH, num_classes=K)`.
+
+    `pretrained=True` with the arch.yaml of an export folder loads that folder's weights (checked against its
+    meta.json); `features_only=True` (with `out_indices`) returns the stage maps, as timm's backbones do."""
     if arch is None:
         raise ValueError("nas_vit needs arch=: an arch YAML path or an Arch")
-    if pretrained:
-        raise ValueError("nas_vit has no hub weights; load an exported model with timm.create_model('nas_vit', "
-                         "arch='DIR/arch.yaml', num_classes=K, checkpoint_path='DIR/model.safetensors') "
-                         "(see docs/export.md)")
-    kwargs.pop("pretrained_cfg", None), kwargs.pop("pretrained_cfg_overlay", None), kwargs.pop("cache_dir", None)
-    if kwargs:
-        raise ValueError(f"nas_vit got unexpected argument(s) {sorted(kwargs)}")
-    if not isinstance(arch, Arch):
-        from nas.exported_model import check_weights_beside  # nas builds on supernets: imported only here
+    folder = None if isinstance(arch, Arch) else _export_folder(Path(arch))
+    if pretrained and folder is None:
+        raise ValueError("nas_vit has no hub weights: pretrained=True loads an export folder's weights, so pass "
+                         "arch='DIR/arch.yaml' of a folder written by 'nas export' (see docs/export.md)")
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    kwargs.pop("pretrained_cfg", None), kwargs.pop("cache_dir", None)
+    in_chans = kwargs.pop("in_chans", None)
+    unexpected = sorted(set(kwargs) - set(FEATURES_ONLY_OPTIONS))
+    if unexpected:
+        raise ValueError(f"nas_vit got unexpected argument(s) {unexpected}")
+    meta = None
+    if folder is not None:
+        from nas.exported_model import check_weights, read_meta  # nas builds on supernets: imported only here
 
-        check_weights_beside(arch)  # timm then loads checkpoint_path: refuse an export's damaged weights first
+        meta = read_meta(folder)
+        check_weights(folder, meta)  # refuse an export's damaged weights before timm loads them
+        if pretrained:
+            overlay.setdefault("file", str(folder / "model.safetensors"))
     arch, space = resolve_arch(arch, space)
-    return NasViT(arch, space, num_classes)
+    if in_chans not in (None, space.in_chans):
+        raise ValueError(f"nas_vit: in_chans={in_chans}, but the space {space.name!r} has {space.in_chans}")
+    cfg = pretrained_cfg(space, (meta or {}).get("num_classes", space.num_classes), meta)
+    return build_model_with_cfg(
+        NasViT, "nas_vit", pretrained, pretrained_cfg=cfg, pretrained_cfg_overlay=overlay,
+        feature_cfg=dict(out_indices=tuple(range(len(arch.stages))), feature_cls="getter"),
+        kwargs_filter=("in_chans",), arch=arch, space=space,
+        num_classes=cfg["num_classes"] if num_classes is None else num_classes, **kwargs)
+
+
+def _export_folder(arch_file: Path) -> Path | None:
+    """The folder of `arch_file` when it is an export folder (arch.yaml beside model.safetensors and meta.json)."""
+    folder = arch_file.parent
+    return folder if (folder / "meta.json").is_file() and (folder / "model.safetensors").is_file() else None
