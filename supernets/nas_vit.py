@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 from timm.models import build_model_with_cfg, register_model
 from torch import nn
 
@@ -90,9 +91,10 @@ class Attention(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """Pre-norm layer: conditional position encoding (DW 3x3), attention, MLP; each residual."""
+    """Pre-norm layer: conditional position encoding (DW 3x3), attention, MLP; each residual. `drop_path` > 0
+    drops the attention and MLP branches per sample while training (stochastic depth, for retraining)."""
 
-    def __init__(self, genes: StageArch, head_dim: int, ops: Ops, with_qk: bool = True):
+    def __init__(self, genes: StageArch, head_dim: int, ops: Ops, with_qk: bool = True, drop_path: float = 0.0):
         super().__init__()
         dim = genes.dim
         self.cpe = ops.dwconv(dim, 3, bias=True)
@@ -100,22 +102,24 @@ class TransformerLayer(nn.Module):
         self.attn = Attention(dim, dim // head_dim, genes.attn, genes.topk, genes.regions, ops, with_qk)
         self.norm2 = ops.layer_norm(dim)
         self.mlp = Mlp(dim, genes.mlp_hidden(), ops)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x, size, reuse=None, keep=False):  # x: (B, N, C)
         x = x + map_to_tokens(self.cpe(tokens_to_map(x, size)))
         attn, state = self.attn(self.norm1(x), size, reuse, keep)
-        x = x + attn
-        return x + self.mlp(self.norm2(x)), state
+        x = x + self.drop_path(attn)
+        return x + self.drop_path(self.mlp(self.norm2(x))), state
 
 
 class Cell(nn.Module):
     """PSViT's cell: `layer` (layer_a), `shared` (layer_b reuses layer_a's attention) or `skip` (identity)."""
 
-    def __init__(self, kind: str, genes: StageArch, head_dim: int, ops: Ops):
+    def __init__(self, kind: str, genes: StageArch, head_dim: int, ops: Ops, drop_paths: tuple[float, float] = (0, 0)):
         super().__init__()
         self.kind = kind
-        self.layer_a = TransformerLayer(genes, head_dim, ops) if kind != "skip" else None
-        self.layer_b = TransformerLayer(genes, head_dim, ops, with_qk=False) if kind == "shared" else None
+        self.layer_a = TransformerLayer(genes, head_dim, ops, drop_path=drop_paths[0]) if kind != "skip" else None
+        self.layer_b = (TransformerLayer(genes, head_dim, ops, with_qk=False, drop_path=drop_paths[1])
+                        if kind == "shared" else None)
 
     def forward(self, x, size):  # (B, N, C) -> (B, N, C)
         if self.kind == "skip":
@@ -129,10 +133,11 @@ class Cell(nn.Module):
 class ScalePath(nn.Module):
     """One MPViT path: its patch embedding, then its own stack of cells over the embedded tokens."""
 
-    def __init__(self, c_in: int, stride: int, genes: StageArch, head_dim: int, norm: str, ops: Ops):
+    def __init__(self, c_in: int, stride: int, genes: StageArch, head_dim: int, norm: str, ops: Ops,
+                 drop_paths: list[tuple[float, float]]):
         super().__init__()
         self.embed = DWSepConv(c_in, genes.dim, stride, norm, ops)
-        self.cells = nn.ModuleList(Cell(kind, genes, head_dim, ops) for kind in genes.cells)
+        self.cells = nn.ModuleList(Cell(kind, genes, head_dim, ops, rates) for kind, rates in zip(genes.cells, drop_paths))
 
     def forward(self, x):  # (B, C_in, H, W) -> embedding e_j and path output g_j, both (B, C, H', W')
         e = self.embed(x)
@@ -180,11 +185,14 @@ class Stage(nn.Module):
     made a 1-path stage's output a different function of the shared weights than a 2-path stage's, and uniform SPOS
     training stayed at chance (docs/search_quality.md)."""
 
-    def __init__(self, c_in: int, genes: StageArch, head_dim: int, norm: str, ops: Ops):
+    def __init__(self, c_in: int, genes: StageArch, head_dim: int, norm: str, ops: Ops,
+                 drop_paths: list[tuple[float, float]] | None = None):
         super().__init__()
         self.num_paths = genes.paths
+        drop_paths = drop_paths or [(0.0, 0.0)] * len(genes.cells)
         self.paths = nn.ModuleList(
-            ScalePath(c_in if j == 0 else genes.dim, genes.pool if j == 0 else 1, genes, head_dim, norm, ops)
+            ScalePath(c_in if j == 0 else genes.dim, genes.pool if j == 0 else 1, genes, head_dim, norm, ops,
+                      drop_paths)
             for j in range(genes.paths))
         self.local = LocalConv(genes.dim, norm, ops)
         self.aggregate = Aggregate(genes.dim, genes.paths + 1, norm, ops)
@@ -234,15 +242,17 @@ class NasViT(nn.Module):
     `timm.create_model("nas_vit", ..., features_only=True)` uses to return the stage maps of a backbone.
     """
 
-    def __init__(self, arch: Arch, space: SearchSpace, num_classes: int | None = None, ops: Ops = PLAIN_OPS):
+    def __init__(self, arch: Arch, space: SearchSpace, num_classes: int | None = None, ops: Ops = PLAIN_OPS,
+                 drop_path_rate: float = 0.0):
         super().__init__()
         self.arch, self.space = arch, space
         self.num_classes = space.num_classes if num_classes is None else num_classes
         first = arch.stages[0].dim
         self.stem = Stem(space.in_chans, first, space.stem_stride, space.conv_norm, ops)
+        drop_paths = _drop_path_rates(arch, drop_path_rate)
         stages, c_in, reduction, self.feature_info = [], first, space.stem_stride, []
         for i, genes in enumerate(arch.stages):
-            stages.append(Stage(c_in, genes, space.head_dim, space.conv_norm, ops))
+            stages.append(Stage(c_in, genes, space.head_dim, space.conv_norm, ops, drop_paths[i]))
             c_in, reduction = genes.dim, reduction * genes.pool
             self.feature_info.append(dict(num_chs=c_in, reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.ModuleList(stages)
@@ -318,6 +328,19 @@ class NasViT(nn.Module):
         return tokens_to_map(self.head.norm(map_to_tokens(x)), x.shape[-2:])
 
 
+def _drop_path_rates(arch: Arch, rate: float) -> list[list[tuple[float, float]]]:
+    """Stochastic depth's linear rule: the k-th of the arch's K sequential layers drops with rate * k / (K - 1).
+    Per stage, per cell position, the rates of its first and second layer; the parallel paths of a stage share
+    them (they run at the same depth). Skip cells count no layer."""
+    layers = [(s, c) for s, genes in enumerate(arch.stages) for c, kind in enumerate(genes.cells)
+              for _ in range({"skip": 0, "layer": 1, "shared": 2}[kind])]
+    depth = {}
+    for k, key in enumerate(layers):
+        depth.setdefault(key, []).append(rate * k / max(len(layers) - 1, 1))
+    return [[tuple(depth.get((s, c), []) + [0.0, 0.0])[:2] for c in range(len(genes.cells))]
+            for s, genes in enumerate(arch.stages)]
+
+
 def resolve_arch(arch: Arch | str | Path, space: SearchSpace | str | None = None) -> tuple[Arch, SearchSpace]:
     """An arch given as an Arch or a YAML path, validated against its space (or `space`)."""
     if isinstance(arch, Arch):
@@ -327,7 +350,8 @@ def resolve_arch(arch: Arch | str | Path, space: SearchSpace | str | None = None
     return load_arch(arch, space)
 
 
-FEATURES_ONLY_OPTIONS = ("features_only", "out_indices", "feature_cls")  # handled by timm's build_model_with_cfg
+MODEL_OPTIONS = ("features_only", "out_indices", "feature_cls",  # handled by timm's build_model_with_cfg
+                 "drop_path_rate")  # NasViT's own
 
 
 def pretrained_cfg(space: SearchSpace, num_classes: int, meta: dict | None = None) -> dict:
@@ -355,7 +379,7 @@ def nas_vit(pretrained: bool = False, arch: Arch | str | Path | None = None, spa
     overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
     kwargs.pop("pretrained_cfg", None), kwargs.pop("cache_dir", None)
     in_chans = kwargs.pop("in_chans", None)
-    unexpected = sorted(set(kwargs) - set(FEATURES_ONLY_OPTIONS))
+    unexpected = sorted(set(kwargs) - set(MODEL_OPTIONS))
     if unexpected:
         raise ValueError(f"nas_vit got unexpected argument(s) {unexpected}")
     meta = None

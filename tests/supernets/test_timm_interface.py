@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from timm.layers import DropPath
 
 import nas  # noqa: F401  (registers nas_vit with timm)
 from nas.exported_model import read_exported, write_exported
@@ -138,3 +139,25 @@ def test_pretrained_without_an_export_folder_and_a_wrong_in_chans_are_errors(tmp
         timm.create_model("nas_vit", arch=str(tmp_path / "arch.yaml"), in_chans=1)
     with pytest.raises(ValueError, match=r"unexpected argument\(s\) \['drop_rate'\]"):
         timm.create_model("nas_vit", arch=arch, drop_rate=0.1)
+
+
+def test_drop_path_is_linear_over_depth_and_only_acts_while_training(space):
+    rng = np.random.default_rng(5)
+    arch = next(a for a in (space.sample(rng) for _ in range(200))
+                if sum(k != "skip" for s in a.stages for k in s.cells) >= 3 and a.stages[-1].cells[-1] != "skip")
+    torch.manual_seed(0)
+    plain = NasViT(arch, space).eval()
+    dropping = timm.create_model("nas_vit", arch=arch, drop_path_rate=0.2)
+    dropping.load_state_dict(plain.state_dict())  # the same parameters and buffers: DropPath holds none
+    rates = [m.drop_prob for m in dropping.modules() if isinstance(m, DropPath)]
+    assert max(rates) == pytest.approx(0.2) and 0.0 not in rates  # the first layer (rate 0) has no DropPath
+    assert not any(isinstance(m, DropPath) for m in plain.modules())
+    last = dropping.stages[-1].paths[0].cells[-1]
+    assert (last.layer_b or last.layer_a).drop_path.drop_prob == pytest.approx(0.2)  # the deepest layer: the rate
+    x = _x(space, 8)
+    with torch.no_grad():
+        assert torch.equal(dropping.eval()(x), plain(x))
+        dropping.train()
+        torch.manual_seed(1)
+        first = dropping(x)
+        assert not torch.equal(first, dropping(x))  # other branches dropped on the second pass
