@@ -1,8 +1,8 @@
 """Elastic ops: each holds its largest weight and uses the leading slice (AutoFormer's weight entanglement).
 
-`set_active(...)` picks the slice; `active_weights()` returns it by state-dict name; `export()` copies it
-into a plain module. Slicing keeps whole heads because q, k and v are separate weights and the heads
-of a width are its leading head_dim-sized groups.
+`set_active(...)` picks the slice; `active_weights()` returns it by state-dict name, which `Supernet.export`
+copies into the standalone model's plain modules. Slicing keeps whole heads because q, k and v are separate
+weights and the heads of a width are its leading head_dim-sized groups.
 """
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
-from supernets.ops import PLAIN_OPS, Ops
+from supernets.ops import Ops
 
 
 class Elastic:
-    """Mixin of every elastic op: the active slice of its tensors, their plain twin, and the copy into it.
+    """Mixin of every elastic op: the active slice of its tensors.
 
     `active_view(name, t)` slices any tensor shaped like the parameter or buffer `name` (the weight
     itself, its gradient, optimizer state) to the active part, as a view. `slice_config()` is a hashable
@@ -34,14 +34,6 @@ class Elastic:
     def active_weights(self) -> dict[str, torch.Tensor]:
         tensors = [*self.named_parameters(recurse=False), *self.named_buffers(recurse=False)]
         return {name: self.active_view(name, t) for name, t in tensors}
-
-    def plain(self) -> nn.Module:
-        raise NotImplementedError
-
-    def export(self) -> nn.Module:
-        module = self.plain()
-        module.load_state_dict({k: v.detach() for k, v in self.active_weights().items()})
-        return module
 
 
 def _leading(tensor: torch.Tensor, *sizes: int) -> torch.Tensor:
@@ -63,9 +55,6 @@ class ElasticLinear(Elastic, nn.Linear):
         out, in_ = config
         return _leading(tensor, out, in_) if name == "weight" else tensor[:out]
 
-    def plain(self):
-        return PLAIN_OPS.linear(self.active_in, self.active_out, self.bias is not None)
-
     def forward(self, x):
         bias = None if self.bias is None else self.bias[:self.active_out]
         return F.linear(x, self.weight[:self.active_out, :self.active_in], bias)
@@ -85,10 +74,6 @@ class ElasticConv2d(Elastic, nn.Conv2d):
     def config_view(self, config, name, tensor):
         out, in_ = config
         return _leading(tensor, out, in_) if name == "weight" else tensor[:out]
-
-    def plain(self):
-        return PLAIN_OPS.conv(self.active_in, self.active_out, self.kernel_size[0], self.stride[0],
-                              self.bias is not None)
 
     def forward(self, x):
         bias = None if self.bias is None else self.bias[:self.active_out]
@@ -110,9 +95,6 @@ class ElasticDWConv2d(Elastic, nn.Conv2d):
 
     def config_view(self, config, name, tensor):
         return tensor[:config[0]]
-
-    def plain(self):
-        return PLAIN_OPS.dwconv(self.active, self.kernel_size[0], self.stride[0], self.bias is not None)
 
     def forward(self, x):
         bias = None if self.bias is None else self.bias[:self.active]
@@ -144,9 +126,6 @@ class ElasticConcatConv(Elastic, nn.Conv2d):
         w = self.active_view("weight", self.weight)
         return {"weight": w.reshape(self.active_out, self.blocks * self.block, 1, 1)}
 
-    def plain(self):
-        return PLAIN_OPS.concat_conv(self.block, self.blocks, self.active_out)
-
     def forward(self, x):
         return F.conv2d(x, self.active_weights()["weight"])
 
@@ -169,9 +148,6 @@ class ElasticLayerNorm(_ElasticNorm, nn.LayerNorm):
         super().__init__(max_dim, eps=eps)
         self.active = max_dim
 
-    def plain(self):
-        return PLAIN_OPS.layer_norm(self.active)
-
     def forward(self, x):  # (..., C)
         return F.layer_norm(x, (self.active,), self.weight[:self.active], self.bias[:self.active], self.eps)
 
@@ -179,9 +155,6 @@ class ElasticLayerNorm(_ElasticNorm, nn.LayerNorm):
 class ElasticLayerNorm2d(ElasticLayerNorm):
     def __init__(self, max_channels: int):
         super().__init__(max_channels, eps=LayerNorm2d(1).eps)  # the plain twin's eps
-
-    def plain(self):
-        return PLAIN_OPS.conv_norm("ln", self.active)
 
     def forward(self, x):  # (B, C, H, W), normalised over C
         return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -193,9 +166,6 @@ class ElasticBatchNorm2d(_ElasticNorm, nn.BatchNorm2d):
     def __init__(self, max_channels: int):
         super().__init__(max_channels)
         self.active = max_channels
-
-    def plain(self):
-        return PLAIN_OPS.conv_norm("bn", self.active)
 
     def forward(self, x):
         c = self.active
