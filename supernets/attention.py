@@ -169,7 +169,9 @@ def _dense_routed(q, k, v, num_heads, route, regions, reuse, keep):
     """All tokens against all tokens, masked to the routed regions: exactly the gathered keys."""
     B, H, W, C = v.shape
     R = regions * regions
-    allowed = torch.zeros(B, R, R, dtype=torch.bool, device=v.device).scatter_(2, route, True)  # (B, S^2, S^2)
+    # scatter with a tensor source, not a Python scalar: torch.jit.trace has no alias rule for the scalar overload
+    allowed = torch.zeros(B, R, R, dtype=torch.bool, device=v.device).scatter(
+        2, route, torch.ones_like(route, dtype=torch.bool))  # (B, S^2, S^2)
     rows = torch.arange(H, device=v.device) // (H // regions)
     cols = torch.arange(W, device=v.device) // (W // regions)
     region_of = (rows[:, None] * regions + cols[None, :]).reshape(-1)  # (N,) region of every token

@@ -1,0 +1,57 @@
+"""Deployable formats of the standalone model: ONNX (run by onnxruntime), a saved torch.export program,
+torch.jit.trace and torch.compile, each equal to the PyTorch output, for archs with BRA stages included."""
+import numpy as np
+import pytest
+import torch
+
+from nas.deploy import ATOL, FORMAT_FILES, example_images, write_format
+from search_spaces import Arch, StageArch, load_space
+from supernets.nas_vit import NasViT
+
+
+@pytest.fixture(scope="module")
+def models():
+    """A small tiny-32 arch with both BRA kernels: gathered routing on a padded map (S = 3 on 8x8, in a shared cell
+    whose second layer reuses the routing) and dense masked routing (S = 2, topk 2)."""
+    space = load_space("tiny-32")
+    stage = dict(dim=32, paths=1, mlp_ratio=2.0)
+    arch = space.validate(Arch("tiny-32", (
+        StageArch(pool=1, cells=("shared",), attn="bra", topk=1, regions=3, **stage),
+        StageArch(pool=2, cells=("layer",), attn="bra", topk=2, regions=2, **stage),
+        StageArch(pool=1, dim=48, paths=1, cells=("skip", "skip"), attn=None, topk=None, regions=None, mlp_ratio=None),
+        StageArch(pool=2, cells=("layer",), attn="mhsa", topk=None, regions=None, **{**stage, "dim": 64}))))
+    torch.manual_seed(0)
+    return [NasViT(arch, space).eval()]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torch-export"])
+def test_written_format_computes_what_pytorch_computes(tmp_path, models, fmt):
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime", reason="onnxruntime is in the 'deploy' and 'dev' extras")
+        pytest.importorskip("onnxscript", reason="torch's ONNX exporter needs onnxscript ('deploy' extra)")
+    for i, model in enumerate(models):
+        path = tmp_path / f"{i}" / FORMAT_FILES[fmt]
+        difference = write_format(model, fmt, path)
+        assert path.is_file() and difference <= ATOL
+        assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left beside it
+    if fmt == "torch-export":  # loaded again, at another batch size than the one the program was traced with
+        program = torch.export.load(tmp_path / "0" / FORMAT_FILES[fmt])
+        images = example_images(models[0], 5, seed=7)
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(images), models[0](images), atol=ATOL, rtol=0)
+
+
+def test_unknown_format_is_refused(tmp_path, models):
+    with pytest.raises(ValueError, match=r"--format 'tflite': choose from \['onnx', 'torch-export'\]"):
+        write_format(models[0], "tflite", tmp_path / "m")
+
+
+def test_jit_trace_and_torch_compile_match_eager(models):
+    images = example_images(models[0], 4, seed=3)
+    with torch.no_grad():
+        for model in models:
+            expected = model(images)
+            traced = torch.jit.trace(model, example_images(model, 2))  # the dense routing once failed to trace
+            torch.testing.assert_close(traced(images), expected, atol=1e-5, rtol=0)
+        compiled = torch.compile(models[0], dynamic=False)
+        torch.testing.assert_close(compiled(images), models[0](images), atol=1e-4, rtol=0)
