@@ -106,6 +106,7 @@ class Datasets:
     val: Dataset
     num_classes: int
     augment: Callable[..., torch.Tensor] | None  # (batch, generator, shard=(rank, world_size)) -> batch
+    preprocessing: dict  # how an image becomes the model's input, in timm's pretrained_cfg terms (mean, std, ...)
 
 
 # ---------------------------------------------------------------------------------------------------- parsing
@@ -313,7 +314,12 @@ def _load_digits(img_size: int) -> Datasets:
     pixels = images[train_idx].double() / 16
     mean, std = (pixels.mean().item(),) * 3, (pixels.std().item(),) * 3  # about 0.305 and 0.376
     train, val = (TensorImages(images[i], labels[i], img_size, mean, std, scale=1 / 16) for i in (train_idx, val_idx))
-    return Datasets(train, val, 10, _shift_augment(train, img_size, flip=False))
+    return Datasets(train, val, 10, _shift_augment(train, img_size, flip=False), _resized(mean, std))
+
+
+def _resized(mean: tuple[float, ...], std: tuple[float, ...]) -> dict:
+    """The in-memory sources: the whole image resized (bilinear) to img_size, then normalised."""
+    return dict(mean=tuple(mean), std=tuple(std), interpolation="bilinear", crop_pct=1.0)
 
 
 def _load_synthetic(img_size: int, size: tuple[int, int], num_classes: int, seed: int) -> Datasets:
@@ -328,7 +334,7 @@ def _load_synthetic(img_size: int, size: tuple[int, int], num_classes: int, seed
         images = torch.randint(0, 256, (n, 3, img_size, img_size), dtype=torch.uint8, generator=generator)
         labels = torch.randint(0, num_classes, (n,), generator=generator)
         sets.append(TensorImages(images, labels, img_size, (0.5,) * 3, (0.5,) * 3, scale=1 / 255))
-    return Datasets(sets[0], sets[1], num_classes, None)
+    return Datasets(sets[0], sets[1], num_classes, None, _resized((0.5,) * 3, (0.5,) * 3))
 
 
 def _read_idx(source: DataSource, file: Path, ndim: int, what: str) -> np.ndarray:
@@ -410,7 +416,8 @@ def _load_idx(source: DataSource, img_size: int) -> Datasets:
     mean, std = _pixel_stats(splits[0][0])  # Fashion-MNIST: about 0.286 and 0.353
     train, val = (TensorImages(images, labels, img_size, (mean,) * 3, (std,) * 3, scale=1 / 255)
                   for images, labels in splits)
-    return Datasets(train, val, num_classes, _shift_augment(train, img_size, flip=False))
+    return Datasets(train, val, num_classes, _shift_augment(train, img_size, flip=False),
+                    _resized((mean,) * 3, (std,) * 3))
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -463,11 +470,11 @@ def _load_cifar(source: DataSource, folder: Path, img_size: int) -> Datasets:
         parts = [_read_cifar_batch(source, folder / name, label_key, num_classes) for name in names]
         images, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
         sets.append(TensorImages(images, labels, img_size, mean, std, scale=1 / 255))
-    return Datasets(sets[0], sets[1], num_classes, _shift_augment(sets[0], img_size, flip=True))
+    return Datasets(sets[0], sets[1], num_classes, _shift_augment(sets[0], img_size, flip=True), _resized(mean, std))
 
 
 def _load_imagefolder(source: DataSource, path: Path, img_size: int) -> Datasets:
-    from timm.data import ImageDataset, create_transform
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, ImageDataset, create_transform
 
     train_root, val_root = path / "train", path / "val"
     try:
@@ -487,7 +494,9 @@ def _load_imagefolder(source: DataSource, path: Path, img_size: int) -> Datasets
     except RuntimeError as exc:
         raise _fail(source, f"no images under the class folders of {val_root}; expected "
                             f"{val_root}/<class>/*.jpg (or .png, ...)") from exc
-    return Datasets(train, val, len(class_to_idx), None)
+    return Datasets(train, val, len(class_to_idx), None,  # create_transform's defaults: ImageNet's mean and std
+                    dict(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, interpolation="bilinear",
+                         crop_pct=IMAGENET_VAL_CROP_PCT))
 
 
 # ---------------------------------------------------------------------------------------------------- splits

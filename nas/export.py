@@ -14,7 +14,6 @@ import os
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -22,11 +21,10 @@ from rich.console import Console
 from torch.utils.data import Dataset
 
 from nas.atomic_files import FOLDER_SUFFIX
-from nas.cost_model import arch_cost
 from nas.data import make_loader, parse_data
 from nas.distributed import resolve_device
 from nas.evaluate import top1
-from nas.exported_model import ARCH_FILE, META_FILE, WEIGHTS_FILE, read_exported, write_exported
+from nas.exported_model import ARCH_FILE, META_FILE, WEIGHTS_FILE, model_meta, read_exported, write_exported
 from nas.fitness import Fitness
 from nas.interrupts import Stopped
 from nas.progress import ProgressBars
@@ -35,7 +33,6 @@ from nas.trained_supernet import (DEFAULT_HOLDOUT, HOLDOUT_SEED, default_holdout
                                   split_held_out)
 from search_spaces import SearchSpace, load_arch
 
-FORMAT = 1  # of meta.json; bumped when a field changes meaning
 SPLITS = ("holdout", "val")
 DEFAULT_BATCH_SIZE = 250
 
@@ -48,6 +45,7 @@ class MeasurementData:
     holdout: int | None  # held-out size (split "holdout" only)
     images: Dataset
     rest: Dataset | None  # the train set minus the held-out images (split "holdout" only)
+    preprocessing: dict  # the data's mean, std, ... (`Datasets.preprocessing`)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -81,9 +79,9 @@ def load_measurement_data(data: str, split: str, holdout: int | None, space: Sea
         raise ValueError(f"--data {data!r} has {sets.num_classes} classes, but the model has {num_classes}: "
                          f"measure it on the data it was trained for")
     if split == "val":
-        return MeasurementData(data, split, None, sets.val, None)
+        return MeasurementData(data, split, None, sets.val, None, sets.preprocessing)
     rest, held_out = split_held_out(sets.train, held, data)
-    return MeasurementData(data, split, held, held_out, rest)
+    return MeasurementData(data, split, held, held_out, rest, sets.preprocessing)
 
 
 @contextmanager
@@ -236,27 +234,13 @@ def _export(checkpoint: str | Path, arch_file: str | Path, out: Path, data: str 
         inherited = fitness(arch)
     recalibration = fitness.recalibration
     model = supernet.export(arch).eval()
-    macs, params = arch_cost(arch, trained.space, trained.num_classes)
-    meta = {
-        "format": FORMAT,
-        "space": trained.space.name,
-        "space_ref": trained.space.ref or trained.space.name,
-        "space_hash": trained.space.hash,
-        "arch_hash": arch.hash,
-        "arch_file": str(Path(arch_file).resolve()),
-        "num_classes": trained.num_classes,
-        "img_size": trained.space.img_size,
-        "macs": macs,
-        "params": params,
-        "checkpoint": str(trained.path.resolve()),
-        "checkpoint_sha256": trained.sha256,
-        "checkpoint_weights": trained.weights,
-        "inherited_top1": inherited,
-        "measured": {"data": sets.data, "split": sets.split, "holdout": sets.holdout, "images": len(sets.images),
-                     "batch_size": batch_size, "device": dev.type, "bn_recalibration": recalibration,
-                     "trained_on": trained_on, "holdout_seed": HOLDOUT_SEED, "holdout_from": holdout_from},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    meta = model_meta(
+        arch, trained.space, trained.num_classes, arch_file, sets.preprocessing,
+        checkpoint=str(trained.path.resolve()), checkpoint_sha256=trained.sha256, checkpoint_weights=trained.weights,
+        inherited_top1=inherited,
+        measured={"data": sets.data, "split": sets.split, "holdout": sets.holdout, "images": len(sets.images),
+                  "batch_size": batch_size, "device": dev.type, "bn_recalibration": recalibration,
+                  "trained_on": trained_on, "holdout_seed": HOLDOUT_SEED, "holdout_from": holdout_from})
     return write_exported(out, model, meta)
 
 

@@ -13,17 +13,20 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from nas.atomic_files import atomic_folder
+from nas.cost_model import arch_cost
 from nas.run_folders import ARCH_FILE, META_FILE, WEIGHTS_FILE
 from nas.trained_supernet import file_sha256
 from search_spaces import Arch, SearchSpace, load_arch
-from supernets.nas_vit import NasViT
+from supernets.nas_vit import NasViT, pretrained_cfg
 
+FORMAT = 1  # of meta.json; bumped when a field changes meaning
 
 
 @dataclass
@@ -33,6 +36,28 @@ class ExportedModel:
     space: SearchSpace
     meta: dict
     folder: Path
+
+
+def model_meta(arch: Arch, space: SearchSpace, num_classes: int, arch_file: str | Path, preprocessing: dict,
+               **fields) -> dict:
+    """meta.json of an export folder: what every folder records (space, arch, cost, timm's pretrained_cfg with the
+    data's preprocessing), then `fields` (how the weights were made and measured: export's or retrain's)."""
+    macs, params = arch_cost(arch, space, num_classes)
+    return {
+        "format": FORMAT,
+        "space": space.name,
+        "space_ref": space.ref or space.name,
+        "space_hash": space.hash,
+        "arch_hash": arch.hash,
+        "arch_file": str(Path(arch_file).resolve()),
+        "num_classes": num_classes,
+        "img_size": space.img_size,
+        "macs": macs,
+        "params": params,
+        "pretrained_cfg": {**pretrained_cfg(space, num_classes), **preprocessing},
+        **fields,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def write_exported(folder: str | Path, model: NasViT, meta: dict) -> dict:
@@ -65,14 +90,6 @@ def check_weights(folder: Path, meta: dict) -> None:
         raise ValueError(f"{str(folder / WEIGHTS_FILE)!r}: the weights do not match {META_FILE} (sha256 "
                          f"{found[:12]}..., {META_FILE} records {recorded[:12]}...): the file is damaged or from "
                          f"another export; export it again")
-
-
-def check_weights_beside(arch_file: str | Path) -> None:
-    """For `timm.create_model("nas_vit", arch="DIR/arch.yaml", checkpoint_path="DIR/model.safetensors")`: when the
-    arch file is in an export folder, ValueError if that folder's weights do not match its meta.json."""
-    folder = Path(arch_file).parent
-    if (folder / META_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
-        check_weights(folder, read_meta(folder))
 
 
 def read_exported(folder: str | Path) -> ExportedModel:

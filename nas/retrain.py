@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -19,11 +18,10 @@ from rich.table import Table
 
 from nas import distributed
 from nas.atomic_files import atomic_write
-from nas.cost_model import arch_cost
 from nas.data import make_loader
 from nas.evaluate import top1
-from nas.export import FORMAT, canonical_data
-from nas.exported_model import ARCH_FILE, ExportedModel, read_exported, write_exported
+from nas.export import canonical_data
+from nas.exported_model import ARCH_FILE, ExportedModel, model_meta, read_exported, write_exported
 from nas.options import torch_threads
 from nas.run_folders import FINAL_EVAL, MODEL_FOLDER
 from nas.train_config import RetrainConfig
@@ -91,7 +89,7 @@ def _train_and_export(cfg: RetrainConfig, console: Console, clock, results: Cons
                          f"scratch (leave out --init)")
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = NasViT(arch, space, data.num_classes).to(runtime.device)
+    model = NasViT(arch, space, data.num_classes, drop_path_rate=cfg.drop_path).to(runtime.device)
     if init is not None:
         model.load_state_dict(init.model.state_dict())
     optimizer = make_optimizer(model, cfg)
@@ -119,29 +117,18 @@ def _train_and_export(cfg: RetrainConfig, console: Console, clock, results: Cons
         accuracy = top1(final, val, runtime.device)
         folder = out / MODEL_FOLDER
         if runtime.is_main:
-            macs, params = arch_cost(arch, space, data.num_classes)
-            meta = {
-                "format": FORMAT,
-                "space": space.name,
-                "space_ref": space.ref or space.name,
-                "space_hash": space.hash,
-                "arch_hash": arch.hash,
-                "arch_file": str(Path(cfg.arch).resolve()),
-                "num_classes": data.num_classes,
-                "img_size": space.img_size,
-                "macs": macs,
-                "params": params,
-                "retrained": {"init": str(Path(cfg.init).resolve()) if cfg.init else None,
-                              "init_meta": init.meta if init is not None else None,
-                              "checkpoint": str((out / CHECKPOINT).resolve()), "weights": "ema" if cfg.ema else "model",
-                              "steps": loop.step, "epochs": cfg.epochs, "lr": cfg.lr, "holdout": cfg.holdout},
-                "val_top1": accuracy,
-                "measured": {"data": canonical_data(cfg.data), "split": "val", "holdout": None, "images": len(data.val),
-                             "batch_size": cfg.batch_size, "device": runtime.device.type, "bn_recalibration": None},
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            }
+            meta = model_meta(
+                arch, space, data.num_classes, cfg.arch, data.preprocessing,
+                retrained={"init": str(Path(cfg.init).resolve()) if cfg.init else None,
+                           "init_meta": init.meta if init is not None else None,
+                           "checkpoint": str((out / CHECKPOINT).resolve()), "weights": "ema" if cfg.ema else "model",
+                           "steps": loop.step, "epochs": cfg.epochs, "lr": cfg.lr, "holdout": cfg.holdout,
+                           "drop_path": cfg.drop_path},
+                val_top1=accuracy,
+                measured={"data": canonical_data(cfg.data), "split": "val", "holdout": None, "images": len(data.val),
+                          "batch_size": cfg.batch_size, "device": runtime.device.type, "bn_recalibration": None})
             write_exported(folder, final, meta)
-            row = {"arch": arch.hash, "macs": macs, "params": params, "top1": accuracy, "init": cfg.init,
+            row = {"arch": arch.hash, "macs": meta["macs"], "params": meta["params"], "top1": accuracy, "init": cfg.init,
                    "model": str(folder)}
             atomic_write(out / FINAL_EVAL, json.dumps(row, indent=2).encode())
             _print_result(results, row, data.num_classes)

@@ -121,6 +121,7 @@ class RetrainConfig(RunConfig):
     arch: str | None = None         # the arch YAML; None = INIT/arch.yaml
     init: str | None = None         # an export folder whose weights the run starts from; None = from scratch
     epochs: int = 30                # a single network needs far fewer steps than weight sharing (docs/training.md)
+    drop_path: float = 0.0          # stochastic depth: the deepest layer's drop rate, linear from 0 (NasViT)
     out: str = "runs/retrain"
 
     LEAD: ClassVar[tuple[str, ...]] = ("arch", "init")
@@ -129,7 +130,9 @@ class RetrainConfig(RunConfig):
         if not self.arch and not self.init:
             raise ValueError("give --arch ARCH.yaml (train it from scratch) or --init DIR (fine-tune an export "
                              "folder), or both")
-        return super().validate()
+        super().validate()
+        self.require("drop_path", lambda value: 0 <= value < 1, "in [0, 1)")
+        return self
 
 
 def _flag(name: str) -> str:

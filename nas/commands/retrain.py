@@ -53,6 +53,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         holdout="leave N images of the train set out of training: the same images that 'train-supernet "
                 "--holdout N' holds out and 'nas evolve' / 'nas export' rank subnets on, so that they stay "
                 "unseen; 0 = train on all (default 0)")
+    add("--drop-path", type=float, metavar="RATE",
+        help="stochastic depth: each sample skips a layer's attention and MLP branches with a rate that grows "
+             "linearly with the layer's depth, from 0 to RATE at the deepest (default 0: off)")
     parser.set_defaults(func=run)
     return parser
 

@@ -160,6 +160,11 @@ def test_meta_records_space_checkpoint_arch_and_cost(ln):
     macs, params = arch_cost(arch, space, 10)
     assert (meta["space"], meta["space_hash"], meta["arch_hash"]) == ("tiny-32-ln", space.hash, arch.hash)
     assert (meta["macs"], meta["params"]) == (macs, params)
+    digits = load_datasets(parse_data("digits"), space.img_size).preprocessing  # the run's data
+    assert (tuple(meta["pretrained_cfg"]["mean"]), tuple(meta["pretrained_cfg"]["std"])) == (digits["mean"],
+                                                                                              digits["std"])
+    loaded = timm.create_model("nas_vit", pretrained=True, arch=str(out / "arch.yaml"))
+    assert timm.data.resolve_data_config(model=loaded)["mean"] == digits["mean"]  # timm preprocesses as we did
     assert params == sum(p.numel() for p in model.parameters())
     assert (meta["num_classes"], meta["img_size"]) == (10, 32)
     assert meta["checkpoint"] == str(checkpoint.resolve()) and meta["checkpoint_weights"] == "model"

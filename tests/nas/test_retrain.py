@@ -80,8 +80,12 @@ def test_retrain_from_scratch_writes_an_export_folder_that_loads(tmp_path, arch_
     assert (meta["num_classes"], meta["arch_hash"], meta["space_hash"]) == (10, arch.hash, space.hash)
     assert (meta["macs"], meta["params"]) == arch_cost(arch, space, 10)
     assert meta["retrained"]["init"] is None and meta["measured"]["split"] == "val"
+    digits = load_datasets(parse_data("digits"), space.img_size)
+    cfg = meta["pretrained_cfg"]  # timm's, with the data's normalisation
+    assert (tuple(cfg["mean"]), tuple(cfg["std"])) == (digits.preprocessing["mean"], digits.preprocessing["std"])
+    assert (cfg["input_size"], cfg["classifier"], cfg["num_classes"]) == ([3, 32, 32], "head.fc", 10)
     # the val top-1 it reports is the exported model's
-    val = load_datasets(parse_data("digits"), space.img_size).val
+    val = digits.val
     assert meta["val_top1"] == result.top1 == top1(exported.model, make_loader(val, 64, train=False),
                                                    torch.device("cpu"))
     assert 0 <= result.top1 <= 1
@@ -110,6 +114,16 @@ def test_init_starts_from_exactly_the_exported_weights(tmp_path, init_folder, mo
     assert (config["arch"], config["init"]) == (str(init_folder / "arch.yaml"), str(init_folder))
     moved = _state(out)["model"]
     assert any(not torch.equal(moved[k], exported[k]) for k in exported)  # and the step trained it
+
+
+def test_drop_path_changes_the_training_and_is_recorded(tmp_path, arch_file):
+    plain = retrain(RetrainConfig(arch=str(arch_file), out=str(tmp_path / "plain"), stop_after=3, **SMALL))
+    dropped = retrain(RetrainConfig(arch=str(arch_file), out=str(tmp_path / "dropped"), stop_after=3, drop_path=0.3,
+                                    **SMALL))
+    assert plain.step == dropped.step == 3
+    a, b = _state(tmp_path / "plain")["model"], _state(tmp_path / "dropped")["model"]
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # same init, other branches dropped
+    assert yaml.safe_load((tmp_path / "dropped" / "config.yaml").read_text())["drop_path"] == 0.3
 
 
 def test_resumed_retrain_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path, arch_file, init_folder):

@@ -206,6 +206,7 @@ NUMERIC_OPTIONS = {
     "label_smoothing": ("1", "a finite number in [0, 1)"),
     "ema": ("1", "a finite number in [0, 1) (the decay of the EMA; 0 = off)"),
     "warmup_largest": ("41", "a finite number in [0, --epochs 40]"),
+    "drop_path": ("1", "a finite number in [0, 1)"),
 }
 
 
