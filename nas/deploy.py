@@ -8,17 +8,30 @@ routing and gathers; the batch dimension stays dynamic.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 from pathlib import Path
 
 import torch
 
 from nas.atomic_files import atomic_path
+from nas.options import DEPLOY_FORMATS
 from supernets.nas_vit import NasViT
 
-FORMATS = ("onnx", "torch-export")
+FORMATS = DEPLOY_FORMATS
 FORMAT_FILES = {"onnx": "model.onnx", "torch-export": "model.pt2"}
 ATOL = 1e-4  # float32 kernels of another runtime differ from PyTorch's in the last bits (measured: ~1e-6)
+
+
+def check_formats(formats: tuple[str, ...]) -> None:
+    """Before any work: ValueError for an unknown format, or one whose packages are not installed."""
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise ValueError(f"--format {fmt!r}: choose from {list(FORMATS)}")
+    if "onnx" in formats:
+        missing = [name for name in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(name) is None]
+        if missing:
+            raise ValueError(f"--format onnx needs {', '.join(missing)}: pip install 'vit-nas[deploy]'")
 
 
 def example_images(model: NasViT, batch: int, seed: int = 0) -> torch.Tensor:  # (batch, C, H, W)
@@ -36,8 +49,7 @@ def exported_program(model: NasViT) -> torch.export.ExportedProgram:
 def write_format(model: NasViT, fmt: str, path: str | Path) -> float:
     """Write the model as `fmt` at `path` (atomically) and return the largest absolute difference of its output
     from PyTorch's on 3 random images (another batch size than the one exported with); ValueError above ATOL."""
-    if fmt not in FORMATS:
-        raise ValueError(f"--format {fmt!r}: choose from {list(FORMATS)}")
+    check_formats((fmt,))
     path = Path(path)
     program = exported_program(model)
     with atomic_path(path) as tmp:

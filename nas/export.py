@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from nas.atomic_files import FOLDER_SUFFIX
 from nas.data import make_loader, parse_data
+from nas.deploy import check_formats
 from nas.distributed import resolve_device
 from nas.evaluate import top1
 from nas.exported_model import ARCH_FILE, META_FILE, WEIGHTS_FILE, model_meta, read_exported, write_exported
@@ -170,7 +171,8 @@ def _check_writable(out: Path) -> None:
 
 def export_subnet(checkpoint: str | Path, arch_file: str | Path, out: str | Path, *, data: str | None = None,
                   holdout: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, device: str = "auto",
-                  space: str | None = None, force: bool = False, console: Console | None = None) -> dict:
+                  space: str | None = None, force: bool = False, console: Console | None = None,
+                  formats: tuple[str, ...] = ()) -> dict:
     """Export the subnet `arch_file` of the supernet in `checkpoint` to the folder `out`; returns its meta.json.
 
     `data` defaults to the training run's data and `holdout` to `default_holdout` of the run's config. The
@@ -181,11 +183,13 @@ def export_subnet(checkpoint: str | Path, arch_file: str | Path, out: str | Path
     arch outside the checkpoint's space, bad options)."""
     _check_positive("--batch-size", batch_size)
     _check_positive("--holdout", holdout)
+    check_formats(formats)
     out = Path(out)
     _check_out(out, force)
     before = _folder_identity(out)
     try:
-        return _export(checkpoint, arch_file, out, data, holdout, batch_size, resolve_device(device), space, console)
+        return _export(checkpoint, arch_file, out, data, holdout, batch_size, resolve_device(device), space, console,
+                       formats)
     except Stopped as stop:
         if _folder_identity(out) == before:  # the new folder was not put in place: its temp folder is gone too
             stop.note = f"nothing was written ({str(out)!r} is as it was); rerun the same command to export"
@@ -204,7 +208,8 @@ def _folder_identity(folder: Path) -> tuple[int, int] | None:
 
 
 def _export(checkpoint: str | Path, arch_file: str | Path, out: Path, data: str | None, holdout: int | None,
-            batch_size: int, dev: torch.device, space: str | None, console: Console | None) -> dict:
+            batch_size: int, dev: torch.device, space: str | None, console: Console | None,
+            formats: tuple[str, ...]) -> dict:
     """export_subnet after the checks of its options."""
     trained = load_trained_supernet(checkpoint, space, dev)
     try:
@@ -241,7 +246,9 @@ def _export(checkpoint: str | Path, arch_file: str | Path, out: Path, data: str 
         measured={"data": sets.data, "split": sets.split, "holdout": sets.holdout, "images": len(sets.images),
                   "batch_size": batch_size, "device": dev.type, "bn_recalibration": recalibration,
                   "trained_on": trained_on, "holdout_seed": HOLDOUT_SEED, "holdout_from": holdout_from})
-    return write_exported(out, model, meta)
+    if formats and console is not None:
+        console.print(f"writing {', '.join(formats)}, each checked against the PyTorch output ...")
+    return write_exported(out, model, meta, formats)
 
 
 # ---------------------------------------------------------------------------------------------------- eval

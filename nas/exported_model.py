@@ -10,6 +10,7 @@ sha256 is the one meta.json records: a damaged file, or the weights of another e
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -60,15 +61,24 @@ def model_meta(arch: Arch, space: SearchSpace, num_classes: int, arch_file: str 
     }
 
 
-def write_exported(folder: str | Path, model: NasViT, meta: dict) -> dict:
-    """Write the folder with its three files, replacing the folder at `folder` (if any) as a whole: a crash leaves
-    the old folder or the new one. Returns meta.json as written: `meta` and `weights_sha256`."""
+def write_exported(folder: str | Path, model: NasViT, meta: dict, formats: tuple[str, ...] = ()) -> dict:
+    """Write the folder with its three files, and the model in each deployment format of `formats`
+    (`nas.deploy`: each checked against the PyTorch output), replacing the folder at `folder` (if any) as a whole:
+    a crash leaves the old folder or the new one. Returns meta.json as written: `meta`, `weights_sha256` and, per
+    format, its file and its largest output difference from PyTorch."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     weights = save(state, metadata={"arch_hash": model.arch.hash})
     meta = {**meta, "weights_sha256": hashlib.sha256(weights).hexdigest()}
     with atomic_folder(folder) as tmp:
         (tmp / ARCH_FILE).write_bytes(model.arch.to_yaml().encode())
         (tmp / WEIGHTS_FILE).write_bytes(weights)
+        if formats:
+            from nas.deploy import FORMAT_FILES, write_format  # torch.export and the ONNX exporter: only when asked
+
+            cpu_model = copy.deepcopy(model).cpu().eval()  # the formats are checked on the CPU
+            meta["formats"] = {fmt: {"file": FORMAT_FILES[fmt],
+                                     "max_abs_difference": write_format(cpu_model, fmt, tmp / FORMAT_FILES[fmt])}
+                               for fmt in formats}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 

@@ -18,6 +18,7 @@ DATA_HELP = (
     "(random images and labels, for benchmarks only: nothing to learn)"
 )
 
+DEPLOY_FORMATS = ("onnx", "torch-export")  # nas export --format (nas.deploy writes them)
 HEARTBEAT_S = 30  # default interval of the heartbeat of a running trial on an RDB storage; 2x is the grace period
 STORAGE_HELP = ("where the study lives: an RDB URL (sqlite:///search.db, postgresql://user:pass@host/db, "
                 "mysql+pymysql://...) or the path of an optuna journal file; default OUT/study.journal. Workers "

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nas.commands import SPACE_HELP, hint
-from nas.options import DATA_HELP, add_threads_option
+from nas.options import DATA_HELP, DEPLOY_FORMATS, add_threads_option
 
 DATA = DATA_HELP.replace("'digits' (default: ", "'digits' (")  # the default here is another
 
@@ -53,6 +53,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="auto: CUDA if available, else CPU (default auto)")
     add("--space", metavar="NAME|PATH",
         help=f"{SPACE_HELP}; only for a checkpoint that does not hold its space (default: the checkpoint's)")
+    add("--format", action="append", choices=DEPLOY_FORMATS, default=[], dest="formats",
+        help="also write the model as onnx (OUT/model.onnx, run with onnxruntime; needs 'pip install "
+             "vit-nas[deploy]') or torch-export (OUT/model.pt2, torch.export.load), each with a dynamic batch "
+             "size and checked against the PyTorch output before it is written; repeatable")
     add("--force", action="store_true", help="replace an export already in --out")
     add_threads_option(parser)
     add("--json", action="store_true", help="print meta.json (and the folder) as one JSON object instead of a table")
@@ -67,7 +71,7 @@ def run(args: argparse.Namespace) -> None:
     with torch_threads(args.threads):
         meta = export_subnet(args.supernet, args.arch, args.out, data=args.data, holdout=args.holdout,
                              batch_size=args.batch_size, device=args.device, space=args.space, force=args.force,
-                             console=Console(stderr=True))
+                             console=Console(stderr=True), formats=tuple(dict.fromkeys(args.formats)))
     if args.json:
         print(json.dumps({"out": str(args.out), **meta}, indent=2))
     else:
@@ -95,5 +99,8 @@ def _print_table(args: argparse.Namespace, meta: dict) -> None:
         table.add_row("BatchNorm", f"recalibrated on {recalibration['images']:,} other train images")
     table.add_row("supernet", f"{meta['checkpoint']} ({meta['checkpoint_weights']} weights, "
                               f"sha256 {meta['checkpoint_sha256'][:12]})")
-    table.add_row("files", f"{args.out}/arch.yaml, model.safetensors, meta.json")
+    files = ["arch.yaml", "model.safetensors", "meta.json", *(f["file"] for f in meta.get("formats", {}).values())]
+    table.add_row("files", f"{args.out}/" + ", ".join(files))
+    for fmt, written in meta.get("formats", {}).items():
+        table.add_row(fmt, f"output within {written['max_abs_difference']:.1e} of PyTorch's")
     Console().print(table)

@@ -138,6 +138,22 @@ def test_eval_on_the_val_split_measures_the_val_set(ln):
     assert result["difference"] is None and result["inherited_top1"] == meta["inherited_top1"]
 
 
+def test_export_format_onnx_writes_a_model_onnxruntime_runs_as_pytorch_does(ln, tmp_path):
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is in the 'deploy' and 'dev' extras")
+    checkpoint, arch_file, _, _ = ln
+    out = tmp_path / "deployed"
+    meta = _cli_json("export", "--supernet", str(checkpoint), "--arch", str(arch_file), "--out", str(out),
+                     "--holdout", "200", "--batch-size", "64", "--device", "cpu", "--format", "onnx")
+    assert meta["formats"]["onnx"]["file"] == "model.onnx" and meta["formats"]["onnx"]["max_abs_difference"] <= 1e-4
+    assert sorted(p.name for p in out.iterdir()) == ["arch.yaml", "meta.json", "model.onnx", "model.safetensors"]
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(2))  # a batch size never exported with
+    with torch.no_grad():
+        expected = read_exported(out).model(x)
+    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+
+
 def test_exported_weights_load_through_timm_and_match_the_subnet(ln):
     checkpoint, arch_file, out, meta = ln
     trained = load_trained_supernet(checkpoint)
