@@ -1,4 +1,4 @@
-"""Analytic MACs and parameters of an arch, without building or tracing a model (DESIGN section 5).
+"""Analytic MACs and parameters of an arch, without building or tracing a model (docs/design.md section 5).
 
 MACs are multiply-accumulates: Linear, Conv, the attention matmuls and BRA's routing matmul count;
 norms, activations, softmax, element-wise ops, pooling, gather and top-k do not. Every formula mirrors

@@ -1,4 +1,4 @@
-"""The data sources of `nas train-supernet`, `nas evolve` and `nas eval` (DESIGN section 7).
+"""The data sources of `nas train-supernet`, `nas evolve` and `nas eval` (docs/design.md section 7).
 
 `parse_data` turns the `--data` option into a `DataSource` (and checks its path), `load_datasets` builds the
 train and val datasets with the number of classes and a batch-level train augmentation, `holdout_split` takes a

@@ -1,4 +1,4 @@
-"""Top-1 accuracy of a subnet on inherited weights (DESIGN sections 3 and 6)."""
+"""Top-1 accuracy of a subnet on inherited weights (docs/design.md section 6)."""
 from __future__ import annotations
 
 import torch

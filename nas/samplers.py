@@ -1,4 +1,4 @@
-"""Which subnets a training step trains (DESIGN section 6).
+"""Which subnets a training step trains (docs/design.md section 6).
 
 The archs of step t come from `numpy.random.default_rng([seed, t])`: every DDP rank builds the same
 subnets, and a resumed run samples what the uninterrupted run would have, with no RNG state to save.

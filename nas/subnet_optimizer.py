@@ -1,4 +1,4 @@
-"""An optimizer step that changes only the weights the step's subnet used (DESIGN section 4).
+"""An optimizer step that changes only the weights the step's subnet used (docs/design.md section 4).
 
 AdamW moves every entry of a parameter it steps: decoupled weight decay shrinks it, and momentum from
 earlier steps keeps moving it with a zero gradient. SGD with momentum or weight decay does the same. In a

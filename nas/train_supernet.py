@@ -1,4 +1,4 @@
-"""SPOS supernet training (DESIGN sections 4, 6 and 7): each step trains the subnet(s) its sampler draws.
+"""SPOS supernet training (docs/design.md sections 4, 6 and 7): each step trains the subnet(s) its sampler draws.
 
 The loop is `nas.training_loop`'s (timm's AdamW, cosine schedule with warmup, label smoothing, mixup/cutmix, EMA,
 AMP, DDP, checkpoints and resume), shared with `nas retrain`. What is the supernet's: each step trains the arch(s)

@@ -1,4 +1,4 @@
-"""The training loop shared by `nas train-supernet` and `nas retrain` (DESIGN sections 6 and 8).
+"""The training loop shared by `nas train-supernet` and `nas retrain` (docs/design.md sections 6 and 9).
 
 The loop owns what both commands do the same way: the train set less its held-out images, timm's AdamW, the
 per-step cosine schedule with warmup, label smoothing or mixup/cutmix, the EMA, AMP on CUDA, gradient clipping,

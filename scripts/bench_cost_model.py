@@ -26,7 +26,7 @@ from search_spaces import Arch, SearchSpace, load_space
 from supernets.attention import bra_kernel
 from supernets.nas_vit import NasViT
 
-TARGET = 5000  # analytic archs per second on one core (DESIGN section 5: tens of thousands a second)
+TARGET = 5000  # analytic archs per second on one core (docs/design.md section 5: tens of thousands a second)
 
 
 def pin_one_core() -> str:

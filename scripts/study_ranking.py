@@ -64,7 +64,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--train-subset", type=int, default=0, help="train on a fixed subset of N images (0 = all; default 0)")
     add("--supernet", action="append", default=[], metavar="NAME=CKPT",
         help="a trained supernet to judge (repeatable); none: train one in OUT/supernet")
-    add("--supernet-epochs", type=int, default=100, help="epochs of the supernet trained without --supernet")
+    add("--supernet-epochs", type=int, default=40, help="epochs of the supernet trained without --supernet "
+                                                         "(default 40, train-supernet's)")
     add("--supernet-option", action="append", default=[], metavar="KEY=VALUE",
         help="an option of the supernet trained without --supernet (repeatable), e.g. distill=true")
     add("--archs", type=int, default=12, help="archs stratified by MACs (default 12)")

@@ -16,7 +16,7 @@ STAGE_GENES = ("pool", "dim", "paths", "cells", "attn", "topk", "regions", "mlp_
 
 @dataclass(frozen=True)
 class StageArch:
-    """Genes of one stage (DESIGN section 2).
+    """Genes of one stage (docs/design.md section 2).
 
     `topk` and `regions` are None for an `mhsa` stage; `attn`, `topk`, `regions` and `mlp_ratio`
     are None for a stage whose cells are all `skip` (they change nothing there).

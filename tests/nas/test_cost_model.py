@@ -1,4 +1,4 @@
-"""Analytic MACs and params equal the traced counts of the exported model (DESIGN section 5)."""
+"""Analytic MACs and params equal the traced counts of the exported model (docs/design.md section 5)."""
 import numpy as np
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""`space_cost_range`: exact min/max MACs and params of a space (DESIGN section 5)."""
+"""`space_cost_range`: exact min/max MACs and params of a space (docs/design.md section 5)."""
 from __future__ import annotations
 
 import numpy as np

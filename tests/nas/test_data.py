@@ -1,5 +1,5 @@
 """The data sources of `nas train-supernet`: parsing, the fixed digits split, IDX files (Fashion-MNIST), CIFAR pickles,
-image folders, errors, the sharded deterministic loaders, the held-out split and the train subset (DESIGN section 7)."""
+image folders, errors, the sharded deterministic loaders, the held-out split and the train subset (docs/design.md section 7)."""
 import gzip
 import pickle
 from collections import Counter

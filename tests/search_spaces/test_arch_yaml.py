@@ -1,4 +1,4 @@
-"""Arch YAML round-trip and the canonical hash (DESIGN sections 2 and 8.1)."""
+"""Arch YAML round-trip and the canonical hash (docs/design.md section 2)."""
 from __future__ import annotations
 
 import os

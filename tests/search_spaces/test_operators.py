@@ -1,4 +1,4 @@
-"""Sampling, the genetic operators, the genome and the exact space size (DESIGN 6, 8.2, 8.6, 8.9)."""
+"""Sampling, the genetic operators, the genome and the exact space size (docs/design.md sections 2 and 9.4)."""
 from __future__ import annotations
 
 from collections import Counter

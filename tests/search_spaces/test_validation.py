@@ -1,4 +1,4 @@
-"""Validation errors name the gene (or field), the value and the allowed values (DESIGN 8.1, 8.7)."""
+"""Validation errors name the gene (or field), the value and the allowed values (docs/design.md sections 2 and 9.2)."""
 from __future__ import annotations
 
 import copy
