@@ -34,13 +34,12 @@ OWNED = {
 # (docs/pipeline.md): a search of 100 candidates, and a short fine-tuning of each compared arch.
 STAGE_DEFAULTS = {
     "evolve": {"population": 20, "generations": 5, "mutations": 10, "crossovers": 10},
-    "retrain": {"epochs": 10},
+    "retrain": {"epochs": 5},
 }
 # Options of one invocation, not of the run: not recorded in pipeline.yaml, so a rerun without them continues.
 PER_INVOCATION = {"train-supernet": {"stop-after"}, "retrain": {"stop-after"}, "evolve": {"repair-journal"}}
 
 DEFAULT_BUDGETS = {"tiny-32": {"flops": 20_000_000}}  # MACs; other spaces need --flops or --params
-RETRAIN_FROM = ("inherited", "scratch")
 CONFIG_FILE = "pipeline.yaml"
 
 
@@ -62,12 +61,15 @@ class PipelineConfig:
 
 
 @cache
-def stage_parser(stage: str) -> argparse.ArgumentParser:
-    """The parser of `nas STAGE` (what nas.cli.main will parse), to check options against before anything runs."""
+def _stage_parsers() -> dict[str, argparse.ArgumentParser]:
     from nas.cli import build_parser
 
-    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return subparsers.choices[stage]
+    return next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def stage_parser(stage: str) -> argparse.ArgumentParser:
+    """The parser of `nas STAGE` (what nas.cli.main will parse), to check options against before anything runs."""
+    return _stage_parsers()[stage]
 
 
 def long_options(stage: str) -> dict[str, argparse.Action]:
