@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial
 from optuna.exceptions import ExperimentalWarning
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 
+from nas.interrupts import signals_deferred
 from nas.options import HEARTBEAT_S
 from nas.run_folders import DEFAULT_JOURNAL
 
@@ -120,11 +121,13 @@ def _remove_dangling_lock(lock: Path) -> None:
 def _journal_lock(path: Path):
     """Hold the journal's lock (optuna's own, so that workers appending meanwhile wait)."""
     lock = JournalFileSymlinkLock(str(path), grace_period=LOCK_GRACE_S)
-    lock.acquire()
+    with signals_deferred():
+        lock.acquire()
     try:
         yield
     finally:
-        lock.release()
+        with signals_deferred():
+            lock.release()
 
 
 def _check_journal(path: Path, name: str) -> None:
@@ -184,11 +187,20 @@ class _GuardedLock(JournalFileSymlinkLock):
         self.path, self.name = path, name
 
     def acquire(self) -> bool:
-        super().acquire()
-        if not _ends_whole(self.path):
-            self.release()
-            raise ValueError(_torn(self.name))
+        # A stop raised inside optuna's acquire makes it release a lock it may not hold, and one raised inside its
+        # release between rename and unlink ends in a FileNotFoundError (exit 2, not 130): both are held until the
+        # lock is taken or given back. Taking it waits only for another writer's append (milliseconds), or up to
+        # LOCK_GRACE_S for a killed writer's lock.
+        with signals_deferred():
+            super().acquire()
+            if not _ends_whole(self.path):
+                self.release()
+                raise ValueError(_torn(self.name))
         return True
+
+    def release(self) -> None:
+        with signals_deferred():
+            super().release()
 
 
 def _ends_whole(path: Path) -> bool:

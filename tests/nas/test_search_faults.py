@@ -13,7 +13,8 @@ from optuna.trial import TrialState
 
 from nas.cli import main
 from nas.evolution_sampler import CLAIM_KEY
-from nas.search_study import open_storage, repair_journal
+from nas.interrupts import Stopped, set_handlers, stop_on_signals
+from nas.search_study import _GuardedLock, open_storage, repair_journal
 from search_spaces import load_arch
 from tests.nas.test_evolve import (checkpoint, completed, evolve_argv, finish, one_thread,  # noqa: F401 (fixtures)
                                    uninterrupted, wait_for, worker)
@@ -154,3 +155,28 @@ def test_ctrl_c_and_sigterm_write_the_outputs_and_say_how_to_resume(checkpoint, 
     assert command[:2] == ["nas", "evolve"] and main(command[1:]) == 0
     capsys.readouterr()
     assert_finished_like(tmp_path, uninterrupted[0])
+
+
+def test_a_stop_inside_the_journal_lock_is_held_until_the_lock_is_taken(tmp_path, monkeypatch):
+    """A Ctrl-C raised inside optuna's acquire made it release a lock it did not hold (a RuntimeError, or a
+    FileNotFoundError on its .rename file: exit 2 instead of 130). Now the stop comes once the lock is held."""
+    journal = tmp_path / "study.journal"
+    journal.touch()
+    lock_file = Path(f"{journal}.lock")
+    symlink = os.symlink
+
+    def interrupted_symlink(*args, **kwargs):  # the Ctrl-C arrives while optuna takes the lock
+        signal.raise_signal(signal.SIGINT)
+        return symlink(*args, **kwargs)
+
+    monkeypatch.setattr(os, "symlink", interrupted_symlink)
+    previous = stop_on_signals()
+    try:
+        lock = _GuardedLock(journal, "study.journal")
+        with pytest.raises(Stopped):
+            lock.acquire()
+        assert lock_file.is_symlink()  # taken whole before the stop was raised
+        lock.release()
+        assert not os.path.lexists(lock_file) and list(tmp_path.iterdir()) == [journal]  # no .rename leftover
+    finally:
+        set_handlers(previous)
