@@ -27,6 +27,8 @@ MODEL_FOLDER = "model"  # a retrain's OUT/model: the export folder of the retrai
 ARCH_FILE, WEIGHTS_FILE, META_FILE = "arch.yaml", "model.safetensors", "meta.json"
 DEFAULT_JOURNAL = "study.journal"
 SEARCH_SUMMARY = "search.json"  # evolve: settings, how far it got, the best, how to resume (rewritten as it goes)
+PIPELINE_CONFIG, PIPELINE_STAGES = "pipeline.yaml", "stages.json"  # nas pipeline: its options; per stage, its time
+PIPELINE_REPORT = "report.html"  # written at the end of every pipeline run that gets there
 
 
 def summarize(folder: str | Path) -> dict:
@@ -36,10 +38,12 @@ def summarize(folder: str | Path) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{str(folder)!r} is not a folder" + ("" if folder.exists() else " (it does not exist)"))
+    if (folder / PIPELINE_CONFIG).is_file():
+        return _pipeline(folder)
     summary = _summarize_run(folder)
     if summary is not None:
         return summary
-    runs = _runs_below(folder, depth=2)  # a pipeline's OUT/retrain/NAME too
+    runs = _runs_below(folder, depth=2)
     if not runs:
         raise ValueError(f"{str(folder)!r} is not a run folder of nas: it holds none of {CONFIG} or {CHECKPOINT} "
                          f"(train-supernet, retrain), {SEARCH_SUMMARY} or {DEFAULT_JOURNAL} (evolve), {META_FILE} "
@@ -68,6 +72,27 @@ def _summarize_run(folder: Path) -> dict | None:
     if (folder / CONFIG).is_file() or (folder / CHECKPOINT).is_file():
         return _training(folder)
     return None
+
+
+def _pipeline(folder: Path) -> dict:
+    """A `nas pipeline` run folder: its stages so far, its report, and the command that continues it (the options
+    recorded in pipeline.yaml, which a rerun must repeat), with the summaries of its run folders under "runs"."""
+    try:
+        config = yaml.safe_load((folder / PIPELINE_CONFIG).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{str(folder / PIPELINE_CONFIG)!r} cannot be read ({exc})") from None
+    stages = _read_json(folder / PIPELINE_STAGES) if (folder / PIPELINE_STAGES).is_file() else {}
+    report = folder / PIPELINE_REPORT
+    complete = report.is_file() and bool(stages) and all(stage["finished"] for stage in stages.values())
+    own = [f"--{key.replace('_', '-')} {shlex.quote(str(value))}" for key, value in config.items()
+           if key != "stages" and value is not None]
+    sets = [f"--set {shlex.quote(f'{stage}.{key}={value}')}" for stage, options in config.get("stages", {}).items()
+            for key, value in options.items()]
+    rerun = " ".join(["nas pipeline --out", shlex.quote(str(folder)), *own, *sets])
+    return {"folder": str(folder), "kind": "pipeline", "complete": complete,
+            "progress": {"stages": {name: stage["finished"] for name, stage in stages.items()}},
+            "report": str(report) if report.is_file() else None, "runs": _runs_below(folder, depth=2),
+            "next": f"open {report}" if complete else rerun}
 
 
 def _read_json(path: Path) -> dict:

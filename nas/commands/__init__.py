@@ -3,12 +3,28 @@
 Results (tables, JSON) go to stdout; progress, notes and the next-step hint to stderr, so that `nas ... --json`
 pipes into a parser and `nas ... > result.txt` keeps only the result."""
 import sys
+from contextlib import contextmanager
 
 from search_spaces import builtin_spaces
 
 SPACE_HELP = f"search space: a built-in name ({', '.join(builtin_spaces())}) or a space YAML file"
 
 
+_HINTS = {"on": True}
+
+
 def hint(command: str) -> None:
-    """Say what to run next, on stderr."""
-    print(f"next: {command}", file=sys.stderr)
+    """Say what to run next, on stderr (unless a caller that chains the commands turned hints off)."""
+    if _HINTS["on"]:
+        print(f"next: {command}", file=sys.stderr)
+
+
+@contextmanager
+def hints_off():
+    """No next-step hints inside the block: `nas pipeline` runs the next step itself, so a stage's hint (with
+    the stage's own paths) would mislead."""
+    previous, _HINTS["on"] = _HINTS["on"], False
+    try:
+        yield
+    finally:
+        _HINTS["on"] = previous

@@ -56,7 +56,8 @@ def _table(summary: dict) -> Table:
 
 
 KIND_NAMES = {"supernet": "supernet training (nas train-supernet)", "retrain": "retraining (nas retrain)",
-              "search": "search (nas evolve)", "export": "export folder (nas export)"}
+              "search": "search (nas evolve)", "export": "export folder (nas export)",
+              "pipeline": "pipeline run (nas pipeline)"}
 
 
 def _rows(summary: dict) -> list[tuple[str, str]]:
@@ -67,6 +68,13 @@ def _rows(summary: dict) -> list[tuple[str, str]]:
         epoch = f" (epoch {progress['epoch']} of {progress['epochs']})" if progress.get("epoch") else ""
         rows += [("steps", steps + epoch), ("data", str(summary.get("data")))]
         rows += [("space", str(summary["space"]))] if kind == "supernet" else [("arch", str(summary["arch"]))]
+    elif kind == "pipeline":
+        stages = progress["stages"]
+        done = [name for name, finished in stages.items() if finished]
+        rows.append(("stages", f"{len(done)} finished: {', '.join(done) or 'none yet'}"
+                               + "".join(f"; {name}: not finished" for name, ok in stages.items() if not ok)))
+        rows += [("runs", f"{len(summary['runs'])} run folders ('nas show' on each, or --json)"),
+                 ("report", summary["report"] or "not written yet")]
     elif kind == "search":
         planned = progress.get("planned")
         rows.append(("evaluated", f"{progress.get('evaluated')}" + (f" of {planned} planned" if planned else "")))

@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from nas.atomic_files import atomic_write
+from nas.run_folders import PIPELINE_CONFIG
 from nas.units import human
 from search_spaces.loading import read_yaml
 
@@ -40,7 +41,7 @@ STAGE_DEFAULTS = {
 PER_INVOCATION = {"train-supernet": {"stop-after"}, "retrain": {"stop-after"}, "evolve": {"repair-journal"}}
 
 DEFAULT_BUDGETS = {"tiny-32": {"flops": 20_000_000}}  # MACs; other spaces need --flops or --params
-CONFIG_FILE = "pipeline.yaml"
+CONFIG_FILE = PIPELINE_CONFIG
 
 
 @dataclass

@@ -25,9 +25,10 @@ from nas.exported_model import read_meta
 from nas.pipeline import baselines
 from nas.pipeline.options import CONFIG_FILE
 from nas.pipeline.stages import EVAL_FILE, FINAL_EVAL, LATENCY_FILE, STAGES_FILE, Layout
+from nas.run_folders import PIPELINE_REPORT
 from nas.units import human
 
-REPORT_MD, REPORT_HTML, CURVE_FILE = "report.md", "report.html", "training_curve.png"
+REPORT_MD, REPORT_HTML, CURVE_FILE = "report.md", PIPELINE_REPORT, "training_curve.png"
 SECTIONS = ("What was run", "Supernet training", "Search", "Found arch against baselines", "Reuse the model")
 ROLES = {"found": "found by the search", "biggest": "biggest under the budget"}
 VERSIONS = ("vit-nas", "torch", "timm", "optuna", "numpy")

@@ -30,13 +30,14 @@ from rich.console import Console
 
 from nas import cli
 from nas.atomic_files import atomic_write
+from nas.commands import hints_off
 from nas.exported_model import META_FILE, read_meta
 from nas.pipeline import baselines
 from nas.pipeline.options import PipelineConfig, accepts, check_parses, stage_argv
-from nas.run_folders import SEARCH_SUMMARY
+from nas.run_folders import PIPELINE_STAGES, SEARCH_SUMMARY
 from search_spaces import load_arch
 
-STAGES_FILE, EVAL_FILE, LATENCY_FILE = "stages.json", "eval.json", "latency.json"
+STAGES_FILE, EVAL_FILE, LATENCY_FILE = PIPELINE_STAGES, "eval.json", "latency.json"
 FINAL_EVAL = "final_eval.json"  # what train-supernet and retrain write after their final evaluation
 STOP_STATUSES = (130, 143)  # SIGINT, SIGTERM
 
@@ -168,7 +169,7 @@ class Pipeline:
         self.console.print(f"[bold]nas pipeline:[/] {name}: nas {shlex.join(line)}", soft_wrap=True, highlight=False)
         captured = io.StringIO()
         start = time.perf_counter()
-        with contextlib.redirect_stdout(captured if on_success else sys.stderr):
+        with contextlib.redirect_stdout(captured if on_success else sys.stderr), hints_off():
             status = cli.main(line)
         if status == 0 and on_success:
             on_success(captured.getvalue())

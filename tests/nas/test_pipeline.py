@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -46,13 +47,13 @@ def tiny_yaml(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_yaml) -> tuple[Path, str]:
-    """(run folder, stdout) of one uninterrupted pipeline run."""
+def finished(tmp_path_factory, tiny_yaml) -> tuple[Path, str, str]:
+    """(run folder, stdout, stderr) of one uninterrupted pipeline run."""
     out = tmp_path_factory.mktemp("pipeline") / "run"
-    stdout = io.StringIO()
-    with contextlib.redirect_stdout(stdout):
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         assert main(["pipeline", "-c", str(tiny_yaml), "--out", str(out), *OPTIONS]) == 0
-    return out, stdout.getvalue()
+    return out, stdout.getvalue(), stderr.getvalue()
 
 
 def compared(out: Path) -> dict[str, str]:
@@ -60,7 +61,7 @@ def compared(out: Path) -> dict[str, str]:
 
 
 def test_every_stage_writes_its_output(finished):
-    out, _ = finished
+    out, *_ = finished
     names = compared(out)
     assert list(names)[0] == "found" and "random-1" in names
     assert (out / "supernet" / "final_eval.json").is_file() and (out / "search" / "best.yaml").is_file()
@@ -75,7 +76,7 @@ def test_every_stage_writes_its_output(finished):
 
 
 def test_report_holds_every_section_and_every_compared_arch(finished):
-    out, _ = finished
+    out, *_ = finished
     report = (out / "report.md").read_text()
     headings = re.findall(r"^## (.+)$", report, flags=re.M)
     assert headings == list(SECTIONS)
@@ -115,7 +116,7 @@ class _References(HTMLParser):
 
 
 def test_html_is_self_contained(finished):
-    out, _ = finished
+    out, *_ = finished
     page = (out / "report.html").read_text()
     parser = _References()
     parser.feed(page)
@@ -126,11 +127,13 @@ def test_html_is_self_contained(finished):
 
 
 def test_stdout_holds_only_the_result(finished):
-    out, stdout = finished
+    out, stdout, stderr = finished
     assert f"report: {out / 'report.html'}" in stdout
     assert "nas pipeline:" not in stdout and "epoch" not in stdout  # stage lines and progress went to stderr
     for arch in compared(out).values():
         assert arch[:8] in stdout
+    hints = [line for line in stderr.splitlines() if line.startswith("next:")]
+    assert len(hints) == 1 and str(out / "retrain" / "found" / "model") in hints[0]  # the pipeline's own only
 
 
 def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
@@ -139,7 +142,7 @@ def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
 
 
 def test_rerun_skips_every_finished_stage(finished, tiny_yaml, capsys):
-    out, _ = finished
+    out, *_ = finished
     before = _files(out)
     assert main(["pipeline", "-c", str(tiny_yaml), "--out", str(out), *OPTIONS]) == 0
     after = _files(out)
@@ -149,8 +152,30 @@ def test_rerun_skips_every_finished_stage(finished, tiny_yaml, capsys):
     assert capsys.readouterr().err.count("skipped") == len(json.loads((out / "stages.json").read_text()))
 
 
+def test_nas_show_summarises_a_pipeline_and_its_resume_command_is_accepted(finished, tmp_path, capsys):
+    out, *_ = finished
+    assert main(["show", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["kind"], summary["complete"], summary["next"]) == ("pipeline", True, f"open {out / 'report.html'}")
+    assert {run["folder"] for run in summary["runs"]} >= {str(out / "supernet"), str(out / "search"), str(out / "model")}
+    # A copy stopped before its end: `nas show` says how to continue it, with the options it was run with.
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    shutil.copy(out / "pipeline.yaml", stopped)
+    stages = json.loads((out / "stages.json").read_text())
+    (stopped / "stages.json").write_text(json.dumps({**stages, "latency": {**stages["latency"], "finished": False}}))
+    assert main(["show", str(stopped), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert not summary["complete"] and summary["progress"]["stages"]["latency"] is False
+    command = shlex.split(summary["next"])
+    assert command[:4] == ["nas", "pipeline", "--out", str(stopped)]
+    # Pointed at the finished run, that command is accepted as the same run (a differing option is refused).
+    assert main(["pipeline", "--out", str(out), *command[4:]]) == 0
+    assert capsys.readouterr().err.count("skipped") == len(stages)
+
+
 def test_rerun_with_other_options_is_refused(finished, tiny_yaml, capsys):
-    out, _ = finished
+    out, *_ = finished
     assert main(["pipeline", "-c", str(tiny_yaml), "--out", str(out), *OPTIONS, "--seed", "1",
                  "--set", "retrain.epochs=3"]) == 2
     err = capsys.readouterr().err.strip()
@@ -182,7 +207,7 @@ def _journal_trials(out: Path) -> int:
 
 
 def test_kill_in_each_stage_then_rerun_finishes_as_an_uninterrupted_run(tmp_path, tiny_yaml, finished, capsys):
-    reference, _ = finished
+    reference, *_ = finished
     out = tmp_path / "run"
     argv = ["pipeline", "-c", str(tiny_yaml), "--out", str(out), *OPTIONS]
 
@@ -240,7 +265,7 @@ def test_kill_in_each_stage_then_rerun_finishes_as_an_uninterrupted_run(tmp_path
 
 def test_a_stopped_search_is_continued_not_skipped(finished, tiny_yaml, tmp_path):
     """Ctrl-C in evolve writes best.yaml and search.json of what was evaluated, with "complete": false."""
-    reference, _ = finished
+    reference, *_ = finished
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     summary = out / "search" / "search.json"
@@ -255,7 +280,7 @@ def test_a_stopped_search_is_continued_not_skipped(finished, tiny_yaml, tmp_path
 
 
 def test_what_kills_in_export_eval_and_latency_leave_is_redone(finished, tiny_yaml, tmp_path):
-    reference, _ = finished
+    reference, *_ = finished
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     # a kill in the export: no export folder, a half-written hidden one beside it; in eval or latency: no file yet
@@ -313,7 +338,7 @@ def test_bad_options_are_one_line(tmp_path, capsys, argv, message):
 
 
 def test_report_says_when_the_found_arch_is_the_biggest(finished, tmp_path):
-    reference, _ = finished
+    reference, *_ = finished
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     names = compared(out)
@@ -327,7 +352,7 @@ def test_report_says_when_the_found_arch_is_the_biggest(finished, tmp_path):
 
 
 def test_baselines_are_within_the_budget(finished):
-    out, _ = finished
+    out, *_ = finished
     space = load_space("tiny-32")
     with (out / "search" / "candidates.csv").open(newline="") as f:
         most = max(int(row["macs"]) for row in csv.DictReader(f))
