@@ -182,27 +182,39 @@ def _stage_extreme(side_in: int, c_in: int, pool: int, dim: int, choices: StageC
     """Best cost of one stage over paths, cells, attention genes and mlp_ratio, for fixed pool and dim,
     and the stage that has it. Cells are independent given the other genes: each takes its best kind."""
     better = (lambda a, b: a > b) if largest else (lambda a, b: a < b)
+    pick = max if largest else min
+    found = None
+    for fixed, genes, kind_costs in _stage_options(side_in, c_in, pool, dim, choices):
+        if genes.attn is None:  # all cells skip
+            candidate = (fixed[metric], genes)
+        else:
+            kind = pick(kind_costs, key=lambda k: kind_costs[k][metric])
+            candidate = (fixed[metric] + genes.paths * choices.max_cells * kind_costs[kind][metric],
+                         StageArch(pool, dim, genes.paths, (kind,) * choices.max_cells, genes.attn, genes.topk,
+                                   genes.regions, genes.mlp_ratio))
+        if found is None or better(candidate[0], found[0]):
+            found = candidate
+    return found
+
+
+@lru_cache(maxsize=1 << 12)
+def _stage_options(side_in: int, c_in: int, pool: int, dim: int, choices: StageChoices) -> tuple:
+    """Every (paths, attention genes, mlp_ratio) of a stage with fixed pool and dim: the cost (MACs, params) of its
+    embeddings and aggregation, its genes, and the cost of one cell of each kind. Shared by the four extremes of a
+    space (min/max of MACs/params), which is what makes `nas space` quick."""
     side = conv_out(side_in, pool)
     attn_genes = [("mhsa", None, None)] if "mhsa" in choices.attn else []
     if "bra" in choices.attn:
         attn_genes += [("bra", k, s) for s in choices.regions for k in choices.topk if s <= side and k <= s * s]
-    found = None
+    options = []
     for paths in choices.paths:
-        fixed = sum(_embed_cost(side, c_in if j == 0 else dim, dim)[metric] for j in range(paths))
-        fixed += _aggregation_cost(side, dim, paths)[metric]
-        candidates = []
+        fixed = _add(*(_embed_cost(side, c_in if j == 0 else dim, dim) for j in range(paths)),
+                     _aggregation_cost(side, dim, paths))
         if "skip" in choices.cells:  # all cells skip: the other genes change nothing
-            candidates.append((fixed, StageArch(pool, dim, paths, ("skip",) * choices.max_cells, None, None, None,
-                                                None)))
+            options.append((fixed, StageArch(pool, dim, paths, ("skip",) * choices.max_cells, None, None, None, None),
+                            {}))
         for attn, topk, regions in attn_genes:
             for ratio in choices.mlp_ratio:
                 genes = StageArch(pool, dim, paths, (), attn, topk, regions, ratio)
-                costs = {kind: cell_cost(kind, side, genes)[metric] for kind in choices.cells}
-                kind = (max if largest else min)(costs, key=costs.get)
-                candidates.append((fixed + paths * choices.max_cells * costs[kind],
-                                   StageArch(pool, dim, paths, (kind,) * choices.max_cells, attn, topk, regions,
-                                             ratio)))
-        for candidate in candidates:
-            if found is None or better(candidate[0], found[0]):
-                found = candidate
-    return found
+                options.append((fixed, genes, {kind: cell_cost(kind, side, genes) for kind in choices.cells}))
+    return tuple(options)
