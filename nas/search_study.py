@@ -120,14 +120,12 @@ def _remove_dangling_lock(lock: Path) -> None:
 @contextmanager
 def _journal_lock(path: Path):
     """Hold the journal's lock (optuna's own, so that workers appending meanwhile wait)."""
-    lock = JournalFileSymlinkLock(str(path), grace_period=LOCK_GRACE_S)
-    with signals_deferred():
-        lock.acquire()
+    lock = _StopSafeLock(str(path), grace_period=LOCK_GRACE_S)
+    lock.acquire()
     try:
         yield
     finally:
-        with signals_deferred():
-            lock.release()
+        lock.release()
 
 
 def _check_journal(path: Path, name: str) -> None:
@@ -178,8 +176,24 @@ def _torn(name: str) -> str:
             "with --repair-journal to cut it, keeping every complete record")
 
 
-class _GuardedLock(JournalFileSymlinkLock):
-    """Optuna's journal lock, refused while the journal ends in a torn line (a writer killed mid-append): optuna
+class _StopSafeLock(JournalFileSymlinkLock):
+    """Optuna's journal lock, with Ctrl-C / SIGTERM held while it is taken or given back.
+
+    A stop raised inside optuna's acquire makes it release a lock it may not hold, and one raised inside its release
+    between rename and unlink ends in a FileNotFoundError (exit 2, not 130). Taking the lock waits only for another
+    writer's append (milliseconds), or up to LOCK_GRACE_S for a killed writer's lock."""
+
+    def acquire(self) -> bool:
+        with signals_deferred():
+            return super().acquire()
+
+    def release(self) -> None:
+        with signals_deferred():
+            super().release()
+
+
+class _GuardedLock(_StopSafeLock):
+    """The journal lock, refused while the journal ends in a torn line (a writer killed mid-append): optuna
     appends as soon as it holds the lock, and a record appended to a torn line makes both unreadable."""
 
     def __init__(self, path: Path, name: str):
@@ -187,20 +201,12 @@ class _GuardedLock(JournalFileSymlinkLock):
         self.path, self.name = path, name
 
     def acquire(self) -> bool:
-        # A stop raised inside optuna's acquire makes it release a lock it may not hold, and one raised inside its
-        # release between rename and unlink ends in a FileNotFoundError (exit 2, not 130): both are held until the
-        # lock is taken or given back. Taking it waits only for another writer's append (milliseconds), or up to
-        # LOCK_GRACE_S for a killed writer's lock.
-        with signals_deferred():
+        with signals_deferred():  # taken and checked as one step: a stop between them would leave it held
             super().acquire()
             if not _ends_whole(self.path):
                 self.release()
                 raise ValueError(_torn(self.name))
         return True
-
-    def release(self) -> None:
-        with signals_deferred():
-            super().release()
 
 
 def _ends_whole(path: Path) -> bool:
