@@ -51,12 +51,12 @@ def layer_cost(side: int, dim: int, hidden: int, attn: str, topk: int | None, re
         else:
             parts.append((n * n * dim, 0))  # AV with the reused probabilities
         return _add(*parts)
-    padded_side = math.ceil(side / regions) * regions  # BRA pads to a multiple of S; the projection is cropped
-    padded = padded_side * padded_side
+    # projections and LCE act on the map; the kernel zero-pads q, k, v to a multiple of S and attends on that
+    padded = (math.ceil(side / regions) * regions) ** 2
     gathered = topk * padded // (regions * regions)  # keys of the k routed regions
-    parts += [_linear(padded, dim, dim), _dwconv(padded_side, dim, 5, bias=True)]  # v, LCE
+    parts += [_linear(n, dim, dim), _dwconv(side, dim, 5, bias=True)]  # v, LCE
     if with_qk:
-        parts += [_linear(padded, dim, dim), _linear(padded, dim, dim),  # q, k
+        parts += [_linear(n, dim, dim), _linear(n, dim, dim),  # q, k
                   (regions ** 4 * dim, 0), (2 * padded * gathered * dim, 0)]  # routing, QK^T and AV
     else:
         parts.append((padded * gathered * dim, 0))

@@ -72,12 +72,29 @@ def region_means(x: torch.Tensor, regions: int) -> torch.Tensor:
     return pooled.permute(0, 2, 3, 1).reshape(B, -1, C)
 
 
-def route_regions(q: torch.Tensor, k: torch.Tensor, regions: int, topk: int) -> torch.Tensor:
+def valid_tokens(H: int, W: int, regions: int, device) -> torch.Tensor:
+    """(S^2, n) bool: which tokens of each region of the map padded to a multiple of S lie on the H x W map."""
+    Hp, Wp = -(-H // regions) * regions, -(-W // regions) * regions
+    on_map = (torch.arange(Hp, device=device)[:, None] < H) & (torch.arange(Wp, device=device)[None, :] < W)
+    return _to_regions(on_map.view(1, Hp, Wp, 1), regions).view(regions * regions, -1)
+
+
+def route_regions(q: torch.Tensor, k: torch.Tensor, regions: int, topk: int,
+                  valid: torch.Tensor | None = None) -> torch.Tensor:
     """Top-k routed regions of every region, from the adjacency of region-mean q and k.
 
-    q, k: (B, H, W, C) padded maps. Returns (B, S^2, topk) region indices. Not differentiated (as BiFormer)."""
+    q, k: (B, H, W, C) maps, zero-padded to a multiple of S; `valid` (S^2, n) marks the tokens on the map
+    (None: all are). Means run over those tokens only, and a region without any is never routed to.
+    Returns (B, S^2, topk) region indices. Not differentiated (as BiFormer)."""
     with torch.no_grad():
-        adjacency = region_means(q, regions) @ region_means(k, regions).transpose(-2, -1)  # (B, S^2, S^2)
+        q_mean, k_mean = region_means(q, regions), region_means(k, regions)  # (B, S^2, C)
+        if valid is not None:  # padding is zeros: rescale the pooled sums from n tokens to the valid count
+            counts = valid.sum(dim=1)  # (S^2,)
+            scale = (valid.shape[1] / counts.clamp(min=1)).to(q.dtype)[:, None]
+            q_mean, k_mean = q_mean * scale, k_mean * scale
+        adjacency = q_mean @ k_mean.transpose(-2, -1)  # (B, S^2, S^2)
+        if valid is not None:
+            adjacency = adjacency.masked_fill(counts == 0, float("-inf"))
         return adjacency.topk(topk, dim=-1).indices
 
 
@@ -133,21 +150,28 @@ def _use_dense(topk: int, regions: int) -> bool:
 
 def bra(q, k, v, num_heads: int, *, topk: int, regions: int, reuse: AttentionState | None = None,
         keep: bool = False) -> tuple[torch.Tensor, AttentionState | None]:
-    """BiFormer's bi-level routing attention on a map padded to a multiple of S = `regions`.
+    """BiFormer's bi-level routing attention; the maps are zero-padded right/bottom to a multiple of S = `regions`.
 
-    Every query token attends to the tokens of the `topk` regions routed to its region. LCE and the
-    output projection are the caller's (they act on whole maps). Both kernels give the same output;
+    Every query token attends to the tokens of the `topk` regions routed to its region; padded tokens are
+    neither keys nor part of the region means (so a padded map computes what its H x W tokens define). LCE
+    and the output projection are the caller's (they act on whole maps). Both kernels give the same output;
     the second layer of a shared cell uses the first layer's kernel (the choice depends on topk, S)."""
+    B, H, W, C = v.shape
+    pad_h, pad_w = -H % regions, -W % regions
+    valid = None
+    if pad_h or pad_w:
+        q, k, v = (None if t is None else F.pad(t, (0, 0, 0, pad_w, 0, pad_h)) for t in (q, k, v))  # (B, Hp, Wp, C)
+        valid = valid_tokens(H, W, regions, v.device)
     if reuse is None:
-        route, dense = route_regions(q, k, regions, topk), _use_dense(topk, regions)
+        route, dense = route_regions(q, k, regions, topk, valid), _use_dense(topk, regions)
     else:
         route, dense = reuse.route, reuse.dense
     kernel = _dense_routed if dense else _gathered
-    out, probs = kernel(q, k, v, num_heads, route, regions, reuse, keep)
-    return out, AttentionState(probs, route, dense) if keep else None
+    out, probs = kernel(q, k, v, num_heads, route, regions, valid, reuse, keep)  # (B, Hp, Wp, C)
+    return out[:, :H, :W], AttentionState(probs, route, dense) if keep else None
 
 
-def _gathered(q, k, v, num_heads, route, regions, reuse, keep):
+def _gathered(q, k, v, num_heads, route, regions, valid, reuse, keep):
     """Per region: its n query tokens against the topk * n gathered tokens of its routed regions."""
     B, H, W, C = v.shape
     heads, d = num_heads, C // num_heads
@@ -156,17 +180,20 @@ def _gathered(q, k, v, num_heads, route, regions, reuse, keep):
         return x.reshape(B * x.shape[1], x.shape[2], heads, d).transpose(1, 2)
 
     v_g = split_heads(_gather_regions(_to_regions(v, regions), route))  # (B * S^2, heads, topk * n, d)
-    q_h = k_g = None
+    q_h = k_g = mask = None
     if reuse is None:
         q_h = split_heads(_to_regions(q, regions))  # (B * S^2, heads, n, d)
         k_g = split_heads(_gather_regions(_to_regions(k, regions), route))
-    out, probs = _attend(q_h, k_g, v_g, reuse, keep)  # (B * S^2, heads, n, d)
+        if valid is not None:
+            mask = valid[route].view(B * regions * regions, 1, 1, -1)  # (B * S^2, 1, 1, topk * n)
+    out, probs = _attend(q_h, k_g, v_g, reuse, keep, mask)  # (B * S^2, heads, n, d)
     out = out.transpose(1, 2).reshape(B, regions * regions, -1, C)
     return _from_regions(out, regions, H, W), probs
 
 
-def _dense_routed(q, k, v, num_heads, route, regions, reuse, keep):
-    """All tokens against all tokens, masked to the routed regions: exactly the gathered keys."""
+def _dense_routed(q, k, v, num_heads, route, regions, valid, reuse, keep):
+    """All tokens against all tokens, masked to the routed regions (and the tokens on the map): exactly
+    the gathered keys."""
     B, H, W, C = v.shape
     R = regions * regions
     # scatter with a tensor source, not a Python scalar: torch.jit.trace has no alias rule for the scalar overload
@@ -176,6 +203,8 @@ def _dense_routed(q, k, v, num_heads, route, regions, reuse, keep):
     cols = torch.arange(W, device=v.device) // (W // regions)
     region_of = (rows[:, None] * regions + cols[None, :]).reshape(-1)  # (N,) region of every token
     mask = allowed[:, region_of][:, :, region_of].unsqueeze(1)  # (B, 1, N, N)
+    if valid is not None:
+        mask = mask & _from_regions(valid.view(1, R, -1, 1), regions, H, W).reshape(1, 1, 1, -1)
     q_h = None if reuse is not None else _heads(q, num_heads)
     k_h = None if reuse is not None else _heads(k, num_heads)
     out, probs = _attend(q_h, k_h, _heads(v, num_heads), reuse, keep, mask)  # (B, heads, N, d)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from timm.layers import DropPath
 from timm.models import build_model_with_cfg, register_model
 from torch import nn
@@ -57,7 +56,7 @@ class DWSepConv(nn.Module):
 
 
 class Attention(nn.Module):
-    """q/k/v/output projections around a kernel from the factory; `bra` adds padding and LCE(V).
+    """q/k/v/output projections around a kernel from the factory; `bra` adds LCE(V).
 
     `with_qk=False` builds the second layer of a `shared` cell, which reuses the first layer's attention.
     """
@@ -75,19 +74,14 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, size: tuple[int, int], reuse: AttentionState | None = None,
                 keep: bool = False) -> tuple[torch.Tensor, AttentionState | None]:
         B, N, C = x.shape
-        H, W = size
-        x = x.view(B, H, W, C)
-        if self.kind == "bra":  # BiFormer pads the normed input right/bottom to a multiple of S
-            pad_h, pad_w = -H % self.regions, -W % self.regions
-            x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))  # (B, Hp, Wp, C)
+        x = x.view(B, *size, C)
         v = self.v(x)
         q, k = (None, None) if reuse is not None else (self.q(x), self.k(x))
         out, state = attention_kernel(self.kind)(q, k, v, self.num_heads, topk=self.topk, regions=self.regions,
-                                                 reuse=reuse, keep=keep)  # (B, Hp, Wp, C)
+                                                 reuse=reuse, keep=keep)  # (B, H, W, C)
         if self.kind == "bra":  # the supernet holds LCE in every layer; only bra uses it
             out = out + self.lce(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        out = out[:, :H, :W].reshape(B, N, C)
-        return self.proj(out), state
+        return self.proj(out.reshape(B, N, C)), state
 
 
 class TransformerLayer(nn.Module):
