@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from search_spaces import Arch, SearchSpace, StageArch
-from search_spaces.space import STEM_STRIDES, StageChoices, conv_out
+from search_spaces.space import STEM_STRIDES, StageChoices, conv_out, stem_hidden
 
 Cost = tuple[int, int]  # (MACs, params)
 
@@ -93,7 +93,8 @@ def stem_cost(space: SearchSpace, dim: int) -> Cost:
     s1, s2 = STEM_STRIDES[space.stem_stride]
     side1 = conv_out(space.img_size, s1)
     side2 = conv_out(side1, s2)
-    return _add(_conv(side1, space.in_chans, dim, 3), _norm(dim), _conv(side2, dim, dim, 3), _norm(dim))
+    hidden = stem_hidden(dim)
+    return _add(_conv(side1, space.in_chans, hidden, 3), _norm(hidden), _conv(side2, hidden, dim, 3), _norm(dim))
 
 
 def head_cost(dim: int, num_classes: int) -> Cost:

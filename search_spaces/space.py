@@ -16,6 +16,11 @@ POOLS = (1, 2)
 PATHS = (1, 2, 3)
 
 
+def stem_hidden(dim: int) -> int:
+    """Width of the stem's first conv for a first stage of `dim`: C/2, as BiFormer's and MPViT's stems."""
+    return dim // 2
+
+
 def conv_out(size: int, stride: int) -> int:
     """Output size of a 3x3 convolution with padding 1 (the stem and the pooling convs)."""
     return (size - 1) // stride + 1

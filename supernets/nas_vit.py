@@ -14,7 +14,7 @@ from timm.models import build_model_with_cfg, register_model
 from torch import nn
 
 from search_spaces import Arch, SearchSpace, StageArch, load_arch, load_space
-from search_spaces.space import STEM_STRIDES
+from search_spaces.space import STEM_STRIDES, stem_hidden
 from supernets.attention import AttentionState, attention_kernel
 from supernets.ops import PLAIN_OPS, Ops
 
@@ -202,14 +202,15 @@ class Stage(nn.Module):
 
 
 class Stem(nn.Module):
-    """conv3x3 -> norm -> GELU -> conv3x3 -> norm, total stride = the space's stem_stride."""
+    """conv3x3 to C/2 -> norm -> GELU -> conv3x3 to C -> norm, total stride = the space's stem_stride."""
 
     def __init__(self, in_chans: int, dim: int, stem_stride: int, norm: str, ops: Ops):
         super().__init__()
         s1, s2 = STEM_STRIDES[stem_stride]
-        self.conv1, self.norm1 = ops.conv(in_chans, dim, 3, s1), ops.conv_norm(norm, dim)
+        hidden = stem_hidden(dim)
+        self.conv1, self.norm1 = ops.conv(in_chans, hidden, 3, s1), ops.conv_norm(norm, hidden)
         self.act = nn.GELU()
-        self.conv2, self.norm2 = ops.conv(dim, dim, 3, s2), ops.conv_norm(norm, dim)
+        self.conv2, self.norm2 = ops.conv(hidden, dim, 3, s2), ops.conv_norm(norm, dim)
 
     def forward(self, x):  # (B, 3, H, W) -> (B, C, H / stride, W / stride)
         return self.norm2(self.conv2(self.act(self.norm1(self.conv1(x)))))
@@ -378,7 +379,7 @@ def nas_vit(pretrained: bool = False, arch: Arch | str | Path | None = None, spa
         raise ValueError(f"nas_vit got unexpected argument(s) {unexpected}")
     meta = None
     if folder is not None:
-        from nas.exported_model import check_weights, read_meta  # nas builds on supernets: imported only here
+        from nas.export.exported_model import check_weights, read_meta  # nas builds on supernets: imported only here
 
         meta = read_meta(folder)
         check_weights(folder, meta)  # refuse an export's damaged weights before timm loads them

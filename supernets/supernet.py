@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from search_spaces import Arch, SearchSpace, StageArch
-from search_spaces.space import STEM_STRIDES
+from search_spaces.space import STEM_STRIDES, stem_hidden
 from supernets.elastic_ops import ELASTIC_OPS, Elastic
 from supernets.nas_vit import DWSepConv, NasViT, Stage, TransformerLayer
 
@@ -45,9 +45,10 @@ class Supernet(NasViT):
             return
         space = self.space
         first = arch.stages[0].dim
-        self.stem.conv1.set_active(space.in_chans, first, STEM_STRIDES[space.stem_stride][0])
-        self.stem.norm1.set_active(first)
-        self.stem.conv2.set_active(first, first, STEM_STRIDES[space.stem_stride][1])
+        hidden = stem_hidden(first)
+        self.stem.conv1.set_active(space.in_chans, hidden, STEM_STRIDES[space.stem_stride][0])
+        self.stem.norm1.set_active(hidden)
+        self.stem.conv2.set_active(hidden, first, STEM_STRIDES[space.stem_stride][1])
         self.stem.norm2.set_active(first)
         c_in = first
         for stage, genes in zip(self.stages, arch.stages):
