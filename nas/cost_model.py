@@ -2,91 +2,52 @@
 
 MACs are multiply-accumulates: Linear, Conv, the attention matmuls and BRA's routing matmul count;
 norms, activations, softmax, element-wise ops, pooling, gather and top-k do not. Every formula mirrors
-a module of `supernets/nas_vit.py`; tests check the totals against FlopCounterMode / 2 and the
-parameter count of exported models.
+a module of `supernets/nas_vit.py`; the token and channel mixers' own formulas are their registry specs'
+(`search_spaces/operators.py`). Tests check the totals against FlopCounterMode / 2 and the parameter
+count of exported models.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from itertools import product
 
 from search_spaces import Arch, SearchSpace, StageArch
-from search_spaces.space import STEM_STRIDES, StageChoices, conv_out, stem_hidden
-
-Cost = tuple[int, int]  # (MACs, params)
-
-
-def _add(*costs: Cost) -> Cost:
-    return sum(c[0] for c in costs), sum(c[1] for c in costs)
-
-
-def _linear(tokens: int, c_in: int, c_out: int, bias: bool = True) -> Cost:
-    return tokens * c_in * c_out, c_in * c_out + (c_out if bias else 0)
-
-
-def _conv(side: int, c_in: int, c_out: int, kernel: int) -> Cost:  # no bias; `side` of the output
-    return side * side * c_in * c_out * kernel * kernel, c_in * c_out * kernel * kernel
-
-
-def _dwconv(side: int, c: int, kernel: int, bias: bool = False) -> Cost:
-    return side * side * c * kernel * kernel, c * kernel * kernel + (c if bias else 0)
-
-
-def _norm(c: int) -> Cost:
-    return 0, 2 * c
+from search_spaces.arch import OPTIONAL_GENES
+from search_spaces.macs import Cost, add, conv, dwconv, linear, norm
+from search_spaces.operators import CHANNEL_MIXERS, TOKEN_MIXERS, layer_mixers, live_genes
+from search_spaces.space import STEM_STRIDES, StageChoices, broken_rule, conv_out, stem_hidden
 
 
 @lru_cache(maxsize=1 << 16)
-def layer_cost(side: int, dim: int, hidden: int, attn: str, topk: int | None, regions: int | None,
-               with_qk: bool) -> Cost:
-    """One transformer layer on a side x side map; `with_qk=False` is the second layer of a shared cell."""
-    n = side * side
-    parts = [_dwconv(side, dim, 3, bias=True), _norm(dim), _norm(dim),
-             _linear(n, dim, hidden), _linear(n, hidden, dim), _linear(n, dim, dim)]  # cpe, norms, mlp, proj
-    if attn == "mhsa":
-        parts.append(_linear(n, dim, dim))  # v
-        if with_qk:
-            parts += [_linear(n, dim, dim), _linear(n, dim, dim), (2 * n * n * dim, 0)]  # q, k, QK^T and AV
-        else:
-            parts.append((n * n * dim, 0))  # AV with the reused probabilities
-        return _add(*parts)
-    # projections and LCE act on the map; the kernel zero-pads q, k, v to a multiple of S and attends on that
-    padded = (math.ceil(side / regions) * regions) ** 2
-    gathered = topk * padded // (regions * regions)  # keys of the k routed regions
-    parts += [_linear(n, dim, dim), _dwconv(side, dim, 5, bias=True)]  # v, LCE
-    if with_qk:
-        parts += [_linear(n, dim, dim), _linear(n, dim, dim),  # q, k
-                  (regions ** 4 * dim, 0), (2 * padded * gathered * dim, 0)]  # routing, QK^T and AV
-    else:
-        parts.append((padded * gathered * dim, 0))
-    return _add(*parts)
+def layer_cost(side: int, genes: StageArch, mixer: str, with_qk: bool) -> Cost:
+    """One transformer layer with token mixer `mixer` on a side x side map; `with_qk=False` is a layer that
+    reuses the previous layer's attention (the second layer of a shared cell)."""
+    dim = genes.dim
+    return add(dwconv(side, dim, 3, bias=True), norm(dim), norm(dim),  # cpe, norms
+               TOKEN_MIXERS[mixer].cost(side, genes, with_qk), CHANNEL_MIXERS[genes.mixer].cost(side, genes))
 
 
 def cell_cost(kind: str, side: int, genes: StageArch) -> Cost:
-    if kind == "skip":
-        return 0, 0
-    args = (side, genes.dim, genes.mlp_hidden(), genes.attn, genes.topk, genes.regions)
-    first = layer_cost(*args, True)
-    return _add(first, layer_cost(*args, False)) if kind == "shared" else first
+    return add(*(layer_cost(side, genes, mixer, with_qk) for mixer, with_qk in layer_mixers((kind,), genes.attn)))
 
 
 def _embed_cost(side: int, c_in: int, c_out: int) -> Cost:
-    return _add(_dwconv(side, c_in, 3), _conv(side, c_in, c_out, 1), _norm(c_out))
+    return add(dwconv(side, c_in, 3), conv(side, c_in, c_out, 1), norm(c_out))
 
 
 def _aggregation_cost(side: int, dim: int, paths: int) -> Cost:
     """Local conv branch and the aggregation conv (a single path is aggregated too)."""
-    local = _add(_conv(side, dim, dim, 1), _dwconv(side, dim, 3), _conv(side, dim, dim, 1), *[_norm(dim)] * 3)
-    return _add(local, _conv(side, (paths + 1) * dim, dim, 1), _norm(dim))
+    local = add(conv(side, dim, dim, 1), dwconv(side, dim, 3), conv(side, dim, dim, 1), *[norm(dim)] * 3)
+    return add(local, conv(side, (paths + 1) * dim, dim, 1), norm(dim))
 
 
 @lru_cache(maxsize=1 << 16)
 def stage_cost(side_in: int, c_in: int, genes: StageArch) -> Cost:
     side = conv_out(side_in, genes.pool)
-    cells = _add(*(cell_cost(kind, side, genes) for kind in genes.cells))
-    paths = [_add(_embed_cost(side, c_in if j == 0 else genes.dim, genes.dim), cells) for j in range(genes.paths)]
-    return _add(*paths, _aggregation_cost(side, genes.dim, genes.paths))
+    cells = add(*(cell_cost(kind, side, genes) for kind in genes.cells))
+    paths = [add(_embed_cost(side, c_in if j == 0 else genes.dim, genes.dim), cells) for j in range(genes.paths)]
+    return add(*paths, _aggregation_cost(side, genes.dim, genes.paths))
 
 
 def stem_cost(space: SearchSpace, dim: int) -> Cost:
@@ -94,11 +55,11 @@ def stem_cost(space: SearchSpace, dim: int) -> Cost:
     side1 = conv_out(space.img_size, s1)
     side2 = conv_out(side1, s2)
     hidden = stem_hidden(dim)
-    return _add(_conv(side1, space.in_chans, hidden, 3), _norm(hidden), _conv(side2, hidden, dim, 3), _norm(dim))
+    return add(conv(side1, space.in_chans, hidden, 3), norm(hidden), conv(side2, hidden, dim, 3), norm(dim))
 
 
 def head_cost(dim: int, num_classes: int) -> Cost:
-    return _add(_norm(dim), _linear(1, dim, num_classes) if num_classes > 0 else (0, 0))
+    return add(norm(dim), linear(1, dim, num_classes) if num_classes > 0 else (0, 0))
 
 
 @dataclass(frozen=True)
@@ -133,7 +94,7 @@ def _totals(arch: Arch, space: SearchSpace, num_classes: int, parts: list | None
     sides.append(1)
     if parts is not None:
         parts.extend((n, s, m, p) for n, s, (m, p) in zip(names, sides, costs))
-    return _add(*costs)
+    return add(*costs)
 
 
 # ---- exact extremes of a space ------------------------------------------------------------------
@@ -180,19 +141,15 @@ def _extreme(space: SearchSpace, metric: int, largest: bool) -> tuple[int, Arch]
 
 def _stage_extreme(side_in: int, c_in: int, pool: int, dim: int, choices: StageChoices, metric: int,
                    largest: bool) -> tuple[int, StageArch] | None:
-    """Best cost of one stage over paths, cells, attention genes and mlp_ratio, for fixed pool and dim,
-    and the stage that has it. Cells are independent given the other genes: each takes its best kind."""
+    """Best cost of one stage over paths, cells and the optional genes, for fixed pool and dim, and the stage
+    that has it. Cells are independent given the other genes: each takes its best kind among the valid ones."""
     better = (lambda a, b: a > b) if largest else (lambda a, b: a < b)
     pick = max if largest else min
     found = None
     for fixed, genes, kind_costs in _stage_options(side_in, c_in, pool, dim, choices):
-        if genes.attn is None:  # all cells skip
-            candidate = (fixed[metric], genes)
-        else:
-            kind = pick(kind_costs, key=lambda k: kind_costs[k][metric])
-            candidate = (fixed[metric] + genes.paths * choices.max_cells * kind_costs[kind][metric],
-                         StageArch(pool, dim, genes.paths, (kind,) * choices.max_cells, genes.attn, genes.topk,
-                                   genes.regions, genes.mlp_ratio))
+        kind = pick(kind_costs, key=lambda k: kind_costs[k][metric])
+        candidate = (fixed[metric] + genes.paths * choices.max_cells * kind_costs[kind][metric],
+                     replace(genes, cells=(kind,) * choices.max_cells))
         if found is None or better(candidate[0], found[0]):
             found = candidate
     return found
@@ -200,22 +157,26 @@ def _stage_extreme(side_in: int, c_in: int, pool: int, dim: int, choices: StageC
 
 @lru_cache(maxsize=1 << 12)
 def _stage_options(side_in: int, c_in: int, pool: int, dim: int, choices: StageChoices) -> tuple:
-    """Every (paths, attention genes, mlp_ratio) of a stage with fixed pool and dim: the cost (MACs, params) of its
-    embeddings and aggregation, its genes, and the cost of one cell of each kind. Shared by the four extremes of a
-    space (min/max of MACs/params), which is what makes `nas space` quick."""
+    """Every (paths, optional genes) of a stage with fixed pool and dim: the cost (MACs, params) of its embeddings
+    and aggregation, its genes, and the cost of one cell of each kind valid with them. Per `attn` and `mixer`
+    choice, the genes enumerated are those its operators and the cells' fixed token mixers read. Shared by the
+    four extremes of a space (min/max of MACs/params), which is what makes `nas space` quick."""
     side = conv_out(side_in, pool)
-    attn_genes = [("mhsa", None, None)] if "mhsa" in choices.attn else []
-    if "bra" in choices.attn:
-        attn_genes += [("bra", k, s) for s in choices.regions for k in choices.topk if s <= side and k <= s * s]
+    combos = []
+    for attn in choices.attn:
+        for mixer in choices.mixer:
+            read = set().union(*(live_genes((cell,), attn, mixer) for cell in choices.cells)) - {"attn", "mixer"}
+            names = [g for g in OPTIONAL_GENES if g in read]
+            combos += [{**dict.fromkeys(OPTIONAL_GENES), "attn": attn, "mixer": mixer, **dict(zip(names, values))}
+                       for values in product(*(getattr(choices, g) for g in names))]
     options = []
     for paths in choices.paths:
-        fixed = _add(*(_embed_cost(side, c_in if j == 0 else dim, dim) for j in range(paths)),
-                     _aggregation_cost(side, dim, paths))
-        if "skip" in choices.cells:  # all cells skip: the other genes change nothing
-            options.append((fixed, StageArch(pool, dim, paths, ("skip",) * choices.max_cells, None, None, None, None),
-                            {}))
-        for attn, topk, regions in attn_genes:
-            for ratio in choices.mlp_ratio:
-                genes = StageArch(pool, dim, paths, (), attn, topk, regions, ratio)
-                options.append((fixed, genes, {kind: cell_cost(kind, side, genes) for kind in choices.cells}))
+        fixed = add(*(_embed_cost(side, c_in if j == 0 else dim, dim) for j in range(paths)),
+                    _aggregation_cost(side, dim, paths))
+        for combo in combos:
+            genes = StageArch(pool, dim, paths, (), **combo)
+            costs = {kind: cell_cost(kind, side, genes) for kind in choices.cells
+                     if broken_rule(replace(genes, cells=(kind,)), side) is None}
+            if costs:
+                options.append((fixed, genes, costs))
     return tuple(options)

@@ -9,17 +9,18 @@ from pathlib import Path
 
 import yaml
 
-CELL_KINDS = ("layer", "shared", "skip")
-ATTENTION_KINDS = ("mhsa", "bra")
-STAGE_GENES = ("pool", "dim", "paths", "cells", "attn", "topk", "regions", "mlp_ratio")
+from search_spaces.operators import CELL_KINDS, live_genes, roles
+
+OPTIONAL_GENES = ("attn", "topk", "regions", "mlp_ratio", "window", "mixer")  # None where they change nothing
+STAGE_GENES = ("pool", "dim", "paths", "cells", *OPTIONAL_GENES)
 
 
 @dataclass(frozen=True)
 class StageArch:
-    """Genes of one stage (docs/design.md section 2).
+    """Genes of one stage (docs/design.md section 2; the operators in `search_spaces/operators.py`).
 
-    `topk` and `regions` are None for an `mhsa` stage; `attn`, `topk`, `regions` and `mlp_ratio`
-    are None for a stage whose cells are all `skip` (they change nothing there).
+    A gene that no operator of the stage reads is None in the canonical form: `topk` and `regions` of an
+    `mhsa` stage, every optional gene of a stage whose cells are all `skip`. `mixer` left out means `mlp`.
     """
 
     pool: int
@@ -30,10 +31,12 @@ class StageArch:
     topk: int | None
     regions: int | None
     mlp_ratio: float | None
+    window: int | None = None
+    mixer: str | None = None
 
     @property
     def has_layers(self) -> bool:
-        return any(c != "skip" for c in self.cells)
+        return any(roles(c) for c in self.cells)
 
     def mlp_hidden(self) -> int:
         return int(round(self.dim * self.mlp_ratio))
@@ -42,12 +45,13 @@ class StageArch:
         """The same stage with the genes that change nothing set to None, and cells a tuple, mlp_ratio
         a float (so equal stages hash equal)."""
         cells = tuple(self.cells)
-        if not self.has_layers:
-            return StageArch(self.pool, self.dim, self.paths, cells, None, None, None, None)
-        ratio = float(self.mlp_ratio) if isinstance(self.mlp_ratio, int | float) else self.mlp_ratio
-        if self.attn == "mhsa":
-            return StageArch(self.pool, self.dim, self.paths, cells, "mhsa", None, None, ratio)
-        return StageArch(self.pool, self.dim, self.paths, cells, self.attn, self.topk, self.regions, ratio)
+        live = live_genes(cells, self.attn, self.mixer)
+        values = {gene: getattr(self, gene) if gene in live else None for gene in OPTIONAL_GENES}
+        if isinstance(values["mlp_ratio"], int | float):
+            values["mlp_ratio"] = float(values["mlp_ratio"])
+        if "mixer" in live and values["mixer"] is None:
+            values["mixer"] = "mlp"
+        return StageArch(self.pool, self.dim, self.paths, cells, **values)
 
 
 @dataclass(frozen=True)
@@ -110,8 +114,8 @@ def _stage_from_dict(data: object, where: str) -> StageArch:
         raise ValueError(f"{where}: missing gene(s) {missing}")
     cells = data["cells"]
     if not isinstance(cells, list | tuple) or not all(isinstance(c, str) for c in cells):
-        raise ValueError(f"{where}: gene 'cells' must be a list of {list(CELL_KINDS)}, got {cells!r}")
-    for gene in ("pool", "dim", "paths", "topk", "regions"):
+        raise ValueError(f"{where}: gene 'cells' must be a list of {sorted(CELL_KINDS)}, got {cells!r}")
+    for gene in ("pool", "dim", "paths", "topk", "regions", "window"):
         value = data.get(gene)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"{where}: gene '{gene}' must be an integer, got {value!r}")
@@ -127,4 +131,6 @@ def _stage_from_dict(data: object, where: str) -> StageArch:
         topk=data.get("topk"),
         regions=data.get("regions"),
         mlp_ratio=None if ratio is None else float(ratio),
+        window=data.get("window"),
+        mixer=data.get("mixer"),
     )

@@ -4,11 +4,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
+from itertools import combinations, product
+from math import comb
 
 import numpy as np
 
-from search_spaces.arch import ATTENTION_KINDS, CELL_KINDS, Arch, StageArch
+from search_spaces.arch import OPTIONAL_GENES, Arch, StageArch
+from search_spaces.operators import CELL_KINDS, CHANNEL_MIXERS, TOKEN_MIXERS, layer_mixers, live_genes, roles
 
 STEM_STRIDES = {1: (1, 1), 2: (2, 1), 4: (2, 2)}
 CONV_NORMS = ("ln", "bn")
@@ -37,16 +40,17 @@ class StageChoices:
     topk: tuple[int, ...]
     regions: tuple[int, ...]
     mlp_ratio: tuple[float, ...]
+    window: tuple[int, ...] = (7,)
+    mixer: tuple[str, ...] = ("mlp",)
 
     def gene_choices(self) -> list[tuple]:
         """Choices of every genome position of this stage, in genome order."""
         return [self.pool, self.dim, self.paths, *([self.cells] * self.max_cells),
-                self.attn, self.topk, self.regions, self.mlp_ratio]
+                *(getattr(self, gene) for gene in OPTIONAL_GENES)]
 
     def gene_names(self) -> list[str]:
         """Names of the genome positions of this stage, in genome order (cells numbered from 1)."""
-        return ["pool", "dim", "paths", *(f"cell{j + 1}" for j in range(self.max_cells)),
-                "attn", "topk", "regions", "mlp_ratio"]
+        return ["pool", "dim", "paths", *(f"cell{j + 1}" for j in range(self.max_cells)), *OPTIONAL_GENES]
 
 
 @dataclass(frozen=True)
@@ -127,18 +131,8 @@ class SearchSpace:
                 raise ValueError(f"{where}: gene 'dim' = {stage.dim} is smaller than the previous stage's {prev_dim}; "
                                  "dim never shrinks from one stage to the next")
             prev_dim, size = stage.dim, conv_out(size, stage.pool)
-            if not stage.has_layers:
-                continue
-            _check_gene(where, "attn", stage.attn, choices.attn)
-            _check_gene(where, "mlp_ratio", stage.mlp_ratio, choices.mlp_ratio)
-            if stage.attn == "bra":
-                _check_gene(where, "topk", stage.topk, choices.topk)
-                _check_gene(where, "regions", stage.regions, choices.regions)
-                if stage.regions > size:
-                    raise ValueError(f"{where}: gene 'regions' = {stage.regions} exceeds the stage's token map side "
-                                     f"{size}; allowed: regions <= {size}")
-                if stage.topk > stage.regions**2:
-                    raise ValueError(f"{where}: gene 'topk' = {stage.topk} exceeds regions^2 = {stage.regions**2}")
+            if stage.has_layers:
+                _check_operators(where, stage, choices, size)
         return arch.canonical()
 
     def contains(self, arch: Arch) -> bool:
@@ -159,8 +153,7 @@ class SearchSpace:
         form; its 0 in the genome is a placeholder, not a value)."""
         values = []
         for stage in self.validate(arch).stages:
-            values += [stage.pool, stage.dim, stage.paths, *stage.cells, stage.attn, stage.topk, stage.regions,
-                       stage.mlp_ratio]
+            values += [stage.pool, stage.dim, stage.paths, *stage.cells, *(getattr(stage, g) for g in OPTIONAL_GENES)]
         genome = [0 if v is None else choices.index(v) for v, choices in zip(values, self.genome_choices)]
         return np.array(genome, dtype=np.int64), np.array([v is None for v in values])
 
@@ -176,9 +169,10 @@ class SearchSpace:
         for choices in self.stages:
             pool, dim, paths = values[pos:pos + 3]
             cells = tuple(values[pos + 3:pos + 3 + choices.max_cells])
-            attn, topk, regions, mlp_ratio = values[pos + 3 + choices.max_cells:pos + 7 + choices.max_cells]
-            stages.append(StageArch(pool, dim, paths, cells, attn, topk, regions, mlp_ratio))
-            pos += 7 + choices.max_cells
+            pos += 3 + choices.max_cells
+            optional = dict(zip(OPTIONAL_GENES, values[pos:pos + len(OPTIONAL_GENES)]))
+            stages.append(StageArch(pool, dim, paths, cells, **optional))
+            pos += len(OPTIONAL_GENES)
         return Arch(self.ref or self.name, tuple(stages)).canonical()
 
     # ---- sampling and the genetic operators --------------------------------------------------
@@ -242,24 +236,72 @@ class SearchSpace:
             for (size, prev_dim), n in counts.items():
                 for pool in choices.pool:
                     side = conv_out(size, pool)
-                    per_stage = len(choices.paths) * _cell_configs(choices, side)
                     for dim in choices.dim:
+                        per_stage = len(choices.paths) * _cell_configs(choices, side, dim)
                         if dim >= prev_dim and per_stage:
                             nxt[(side, dim)] = nxt.get((side, dim), 0) + n * per_stage
             counts = nxt
         return sum(counts.values())
 
 
-def _cell_configs(choices: StageChoices, side: int) -> int:
-    """Canonical (cells, attn, topk, regions, mlp_ratio) combinations of a stage at this map side."""
-    all_skip = 1 if "skip" in choices.cells else 0
-    with_layers = len(choices.cells) ** choices.max_cells - all_skip
-    attn = 0
-    if "mhsa" in choices.attn:
-        attn += 1
-    if "bra" in choices.attn:
-        attn += sum(1 for s in choices.regions for k in choices.topk if s <= side and k <= s * s)
-    return all_skip + with_layers * attn * len(choices.mlp_ratio)
+@lru_cache(maxsize=1 << 12)
+def _cell_configs(choices: StageChoices, side: int, dim: int) -> int:
+    """Canonical (cells, optional genes) combinations of a stage at this map side and dim.
+
+    Cell tuples are grouped by the set of kinds they hold (which decides the live genes), counted by
+    inclusion-exclusion; each group's live genes are enumerated against its token mixers' rules."""
+    kinds, m = choices.cells, choices.max_cells
+    total = 0
+    for r in range(1, len(kinds) + 1):
+        for present in combinations(kinds, r):
+            tuples = sum((-1) ** (r - j) * comb(r, j) * j ** m for j in range(r + 1))  # onto `present`
+            total += tuples * _gene_configs(choices, present, side, dim)
+    return total
+
+
+def _gene_configs(choices: StageChoices, cells: tuple[str, ...], side: int, dim: int) -> int:
+    """Valid combinations of the live optional genes of a stage holding exactly these cell kinds."""
+    if not any(roles(c) for c in cells):
+        return 1
+    count = 0
+    for attn in choices.attn if "attn" in live_genes(cells, None, None) else (choices.attn[0],):
+        for mixer in choices.mixer:
+            live = [g for g in OPTIONAL_GENES if g in live_genes(cells, attn, mixer) and g not in ("attn", "mixer")]
+            for values in product(*(getattr(choices, g) for g in live)):
+                genes = {**dict.fromkeys(OPTIONAL_GENES), "attn": attn, "mixer": mixer, **dict(zip(live, values))}
+                count += broken_rule(StageArch(1, dim, 1, cells, **genes), side) is None
+    return count
+
+
+def _check_operators(where: str, stage: StageArch, choices: StageChoices, side: int) -> None:
+    """The live optional genes of a stage with layers, then the rule of each of its token mixers."""
+    live = live_genes(stage.cells, None, None)  # without attn: whether a cell reads it
+    if "attn" in live:
+        _check_gene(where, "attn", stage.attn, choices.attn)
+    mixer = "mlp" if stage.mixer is None else stage.mixer
+    _check_gene(where, "mixer", mixer, choices.mixer)
+    live = live_genes(stage.cells, stage.attn, mixer)
+    for gene in OPTIONAL_GENES:
+        if gene in live and gene not in ("attn", "mixer"):
+            _check_gene(where, gene, getattr(stage, gene), getattr(choices, gene))
+    broken = broken_rule(stage, side)
+    if broken:
+        raise ValueError(f"{where}: {broken}")
+
+
+def broken_rule(stage: StageArch, side: int) -> str | None:
+    """The first operator rule that a stage (its genes checked against their choices) breaks on a map of this
+    side, or None: a reusing layer needs a token mixer that keeps its attention, and each mixer's own rule."""
+    for cell in stage.cells:
+        for name, with_qk in layer_mixers((cell,), stage.attn):
+            if not with_qk and not TOKEN_MIXERS[name].reusable:
+                return (f"cell {cell!r} reuses the attention of {name!r}, which keeps none to reuse; "
+                        f"allowed with {name!r}: cells without a reusing layer")
+    for name in dict.fromkeys(m for m, _ in layer_mixers(stage.cells, stage.attn)):
+        broken = TOKEN_MIXERS[name].check(stage, side)
+        if broken:
+            return broken
+    return None
 
 
 def _check_gene(where: str, gene: str, value: object, allowed: tuple) -> None:
@@ -303,7 +345,9 @@ def _stage_choices(data: object, head_dim: int, where: str) -> StageChoices:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping of gene choices")
     genes = {"pool": POOLS, "dim": None, "paths": PATHS, "max_cells": None, "cells": CELL_KINDS,
-             "attn": ATTENTION_KINDS, "topk": None, "regions": None, "mlp_ratio": None}
+             "attn": TOKEN_MIXERS, "topk": None, "regions": None, "mlp_ratio": None, "window": None,
+             "mixer": CHANNEL_MIXERS}
+    defaults = {"topk": [1], "regions": [1], "window": [7], "mixer": ["mlp"]}
     unknown = set(data) - set(genes)
     if unknown:
         raise ValueError(f"{where}: unknown gene(s) {sorted(unknown)}; allowed: {list(genes)}")
@@ -315,8 +359,8 @@ def _stage_choices(data: object, head_dim: int, where: str) -> StageChoices:
                 raise ValueError(f"{where}: 'max_cells' must be a positive integer, got {value!r}")
             out[gene] = value
             continue
-        value = data.get(gene, [1] if gene in ("topk", "regions") else None)
-        kind = str if gene in ("cells", "attn") else (int, float) if gene == "mlp_ratio" else int
+        value = data.get(gene, defaults.get(gene))
+        kind = str if gene in ("cells", "attn", "mixer") else (int, float) if gene == "mlp_ratio" else int
         if (not isinstance(value, list) or not value
                 or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value)):
             raise ValueError(f"{where}: '{gene}' must be a non-empty list of {_kind_name(kind)}, got {value!r}")
@@ -331,7 +375,7 @@ def _stage_choices(data: object, head_dim: int, where: str) -> StageChoices:
         for r in out["mlp_ratio"]:
             if r <= 0 or abs(dim * r - round(dim * r)) > 1e-9:
                 raise ValueError(f"{where}: 'mlp_ratio' choice {r} times dim {dim} must be a whole number")
-    for gene in ("topk", "regions"):
+    for gene in ("topk", "regions", "window"):
         if not all(v >= 1 for v in out[gene]):
             raise ValueError(f"{where}: '{gene}' choices must be positive integers, got {list(out[gene])}")
     return StageChoices(**out)

@@ -1,8 +1,8 @@
-"""Attention kernels, one factory by name; every kernel has the same signature.
+"""Attention kernels; every kernel has the same signature (`supernets/token_mixers.py` registers them).
 
-A kernel takes q, k, v as token maps (B, H, W, C) already projected, the number of heads, the BRA genes
-(ignored by `mhsa`), `reuse` (the state of the first layer of a `shared` cell, whose attention this
-layer reuses: then q and k are None) and `keep` (return that state). It returns the attended values
+A kernel takes q, k, v as token maps (B, H, W, C) already projected, the number of heads, its mixer's
+genes as keywords (BRA's `topk`, `regions`), `reuse` (the state of the first layer of a `shared` cell,
+whose attention this layer reuses: then q and k are None) and `keep` (return that state). It returns the attended values
 as (B, H, W, C) and the state or None. Scale: head_dim ** -0.5.
 """
 from __future__ import annotations
@@ -29,8 +29,7 @@ def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.reshape(B, H * W, num_heads, C // num_heads).transpose(1, 2)  # (B, heads, N, d)
 
 
-def mhsa(q, k, v, num_heads: int, *, topk=None, regions=None, reuse: AttentionState | None = None,
-         keep: bool = False) -> tuple[torch.Tensor, AttentionState | None]:
+def mhsa(q, k, v, num_heads: int, *, reuse: AttentionState | None = None, keep: bool = False) -> tuple[torch.Tensor, AttentionState | None]:
     """Multi-head self-attention over all tokens; fused SDPA unless probabilities are kept or reused."""
     B, H, W, C = v.shape
     q_h, k_h = (None, None) if reuse is not None else (_heads(q, num_heads), _heads(k, num_heads))
@@ -212,10 +211,3 @@ def _dense_routed(q, k, v, num_heads, route, regions, valid, reuse, keep):
 
 
 AttentionKernel = Callable[..., tuple[torch.Tensor, AttentionState | None]]
-ATTENTION_KERNELS: dict[str, AttentionKernel] = {"mhsa": mhsa, "bra": bra}
-
-
-def attention_kernel(name: str) -> AttentionKernel:
-    if name not in ATTENTION_KERNELS:
-        raise ValueError(f"attention {name!r} is not available; choose from {sorted(ATTENTION_KERNELS)}")
-    return ATTENTION_KERNELS[name]

@@ -6,6 +6,7 @@ with elastic ops at the largest size and switches them per arch. One forward cod
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,8 +16,10 @@ from torch import nn
 
 from search_spaces import Arch, SearchSpace, StageArch, load_arch, load_space
 from search_spaces.space import STEM_STRIDES, stem_hidden
-from supernets.attention import AttentionState, attention_kernel
+from search_spaces.operators import CELL_KINDS, CHANNEL_MIXERS, TOKEN_MIXERS, layer_mixers
+from supernets.attention import AttentionState
 from supernets.ops import PLAIN_OPS, Ops
+from supernets.token_mixers import resolve
 
 
 def tokens_to_map(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -29,13 +32,18 @@ def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 class Mlp(nn.Module):
-    """Linear -> GELU -> Linear (timm's Mlp, but with the linear layer from the op factory)."""
+    """Linear -> GELU -> Linear (timm's Mlp, but with the linear layer from the op factory): the `mlp` channel mixer."""
 
-    def __init__(self, dim: int, hidden: int, ops: Ops):
+    def __init__(self, dim: int, genes: StageArch, ops: Ops):
         super().__init__()
+        hidden = genes.mlp_hidden()
         self.fc1 = ops.linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = ops.linear(hidden, dim)
+
+    def set_active(self, genes: StageArch) -> None:  # the supernet's switch (its ops are elastic there)
+        self.fc1.set_active(genes.dim, genes.mlp_hidden())
+        self.fc2.set_active(genes.mlp_hidden(), genes.dim)
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
@@ -55,20 +63,40 @@ class DWSepConv(nn.Module):
         return self.act(self.norm(self.pw(self.dw(x))))
 
 
+@dataclass(frozen=True)
+class Superset:
+    """What the supernet's layers of one stage hold beyond one arch: the modules of every token mixer and channel
+    mixer of the stage's choices, and per layer position of a cell whether it has q/k (a cell kind of the stage
+    has a layer there with its own attention)."""
+
+    token_mixers: tuple[str, ...]
+    channel_mixers: tuple[str, ...]
+    with_qk: tuple[bool, ...]
+
+
+def mixer_genes(genes: StageArch, mixer: str) -> dict[str, object]:
+    """The genes that token mixer `mixer` reads, as its kernel's keywords."""
+    return {gene: getattr(genes, gene) for gene in TOKEN_MIXERS[mixer].genes}
+
+
 class Attention(nn.Module):
-    """q/k/v/output projections around a kernel from the factory; `bra` adds LCE(V).
+    """q/k/v/output projections around the kernel of a registered token mixer, plus the module that mixer adds
+    (BRA's LCE). `holds` names the mixers whose modules it builds (the supernet's: every mixer of the stage).
 
     `with_qk=False` builds the second layer of a `shared` cell, which reuses the first layer's attention.
     """
 
-    def __init__(self, dim: int, num_heads: int, kind: str, topk: int | None, regions: int | None, ops: Ops,
-                 with_qk: bool = True):
+    def __init__(self, dim: int, num_heads: int, kind: str, genes: dict[str, object], ops: Ops,
+                 with_qk: bool = True, holds: tuple[str, ...] | None = None, stage: StageArch | None = None):
         super().__init__()
-        self.num_heads, self.kind, self.topk, self.regions = num_heads, kind, topk, regions
+        self.num_heads, self.kind, self.genes = num_heads, kind, genes
         self.q = ops.linear(dim, dim) if with_qk else None
         self.k = ops.linear(dim, dim) if with_qk else None
         self.v = ops.linear(dim, dim)
-        self.lce = ops.dwconv(dim, 5, bias=True) if kind == "bra" else None
+        for name in holds or (kind,):
+            mixer = resolve(TOKEN_MIXERS[name].module)
+            if mixer.local and mixer.local not in self._modules:
+                self.add_module(mixer.local, mixer.build_local(dim, num_heads, stage, ops))
         self.proj = ops.linear(dim, dim)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int], reuse: AttentionState | None = None,
@@ -77,50 +105,59 @@ class Attention(nn.Module):
         x = x.view(B, *size, C)
         v = self.v(x)
         q, k = (None, None) if reuse is not None else (self.q(x), self.k(x))
-        out, state = attention_kernel(self.kind)(q, k, v, self.num_heads, topk=self.topk, regions=self.regions,
-                                                 reuse=reuse, keep=keep)  # (B, H, W, C)
-        if self.kind == "bra":  # the supernet holds LCE in every layer; only bra uses it
-            out = out + self.lce(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        mixer = resolve(TOKEN_MIXERS[self.kind].module)
+        out, state = mixer.kernel(q, k, v, self.num_heads, reuse=reuse, keep=keep, **self.genes)  # (B, H, W, C)
+        if mixer.local:
+            out = mixer.add_local(getattr(self, mixer.local), q, v, out)
         return self.proj(out.reshape(B, N, C)), state
 
 
 class TransformerLayer(nn.Module):
-    """Pre-norm layer: conditional position encoding (DW 3x3), attention, MLP; each residual. `drop_path` > 0
-    drops the attention and MLP branches per sample while training (stochastic depth, for retraining)."""
+    """Pre-norm layer: conditional position encoding (DW 3x3), token mixer, channel mixer; each residual.
+    `drop_path` > 0 drops both branches per sample while training (stochastic depth, for retraining)."""
 
-    def __init__(self, genes: StageArch, head_dim: int, ops: Ops, with_qk: bool = True, drop_path: float = 0.0):
+    def __init__(self, genes: StageArch, mixer: str, head_dim: int, ops: Ops, with_qk: bool = True,
+                 drop_path: float = 0.0, superset: Superset | None = None):
         super().__init__()
         dim = genes.dim
         self.cpe = ops.dwconv(dim, 3, bias=True)
         self.norm1 = ops.layer_norm(dim)
-        self.attn = Attention(dim, dim // head_dim, genes.attn, genes.topk, genes.regions, ops, with_qk)
+        self.attn = Attention(dim, dim // head_dim, mixer, mixer_genes(genes, mixer), ops, with_qk,
+                              superset.token_mixers if superset else None, genes)
         self.norm2 = ops.layer_norm(dim)
-        self.mlp = Mlp(dim, genes.mlp_hidden(), ops)
+        self.channel_mixer = genes.mixer
+        for name in superset.channel_mixers if superset else (genes.mixer,):  # an attribute by its name: `mlp`
+            self.add_module(name, resolve(CHANNEL_MIXERS[name].module)(dim, genes, ops))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x, size, reuse=None, keep=False):  # x: (B, N, C)
         x = x + map_to_tokens(self.cpe(tokens_to_map(x, size)))
         attn, state = self.attn(self.norm1(x), size, reuse, keep)
         x = x + self.drop_path(attn)
-        return x + self.drop_path(self.mlp(self.norm2(x))), state
+        return x + self.drop_path(getattr(self, self.channel_mixer)(self.norm2(x))), state
 
 
 class Cell(nn.Module):
-    """PSViT's cell: `layer` (layer_a), `shared` (layer_b reuses layer_a's attention) or `skip` (identity)."""
+    """PSViT's cell, of a registered kind: its layers (layer_a, layer_b) in order, each with its token mixer, or
+    reusing the previous layer's attention (`shared`); `skip` has none (identity)."""
 
-    def __init__(self, kind: str, genes: StageArch, head_dim: int, ops: Ops, drop_paths: tuple[float, float] = (0, 0)):
+    def __init__(self, kind: str, genes: StageArch, head_dim: int, ops: Ops, drop_paths: tuple[float, float] = (0, 0),
+                 superset: Superset | None = None):
         super().__init__()
-        self.kind = kind
-        self.layer_a = TransformerLayer(genes, head_dim, ops, drop_path=drop_paths[0]) if kind != "skip" else None
-        self.layer_b = (TransformerLayer(genes, head_dim, ops, with_qk=False, drop_path=drop_paths[1])
-                        if kind == "shared" else None)
+        self.plan = layer_mixers((kind,), genes.attn)  # (token mixer, with_qk) per layer
+        if superset:
+            built = [(superset.token_mixers[0], with_qk) for with_qk in superset.with_qk]
+        else:
+            built = self.plan
+        layers = [TransformerLayer(genes, mixer, head_dim, ops, with_qk, rate, superset)
+                  for (mixer, with_qk), rate in zip(built, drop_paths)]
+        self.layer_a, self.layer_b = (layers + [None, None])[:2]
 
     def forward(self, x, size):  # (B, N, C) -> (B, N, C)
-        if self.kind == "skip":
-            return x
-        x, state = self.layer_a(x, size, keep=self.kind == "shared")
-        if self.kind == "shared":
-            x, _ = self.layer_b(x, size, reuse=state)
+        state = None
+        for i, (_, with_qk) in enumerate(self.plan):
+            keep = i + 1 < len(self.plan) and not self.plan[i + 1][1]  # the next layer reuses this attention
+            x, state = (self.layer_a, self.layer_b)[i](x, size, reuse=None if with_qk else state, keep=keep)
         return x
 
 
@@ -128,10 +165,11 @@ class ScalePath(nn.Module):
     """One MPViT path: its patch embedding, then its own stack of cells over the embedded tokens."""
 
     def __init__(self, c_in: int, stride: int, genes: StageArch, head_dim: int, norm: str, ops: Ops,
-                 drop_paths: list[tuple[float, float]]):
+                 drop_paths: list[tuple[float, float]], superset: Superset | None = None):
         super().__init__()
         self.embed = DWSepConv(c_in, genes.dim, stride, norm, ops)
-        self.cells = nn.ModuleList(Cell(kind, genes, head_dim, ops, rates) for kind, rates in zip(genes.cells, drop_paths))
+        self.cells = nn.ModuleList(Cell(kind, genes, head_dim, ops, rates, superset)
+                                   for kind, rates in zip(genes.cells, drop_paths))
 
     def forward(self, x):  # (B, C_in, H, W) -> embedding e_j and path output g_j, both (B, C, H', W')
         e = self.embed(x)
@@ -180,13 +218,13 @@ class Stage(nn.Module):
     training stayed at chance (docs/search_quality.md)."""
 
     def __init__(self, c_in: int, genes: StageArch, head_dim: int, norm: str, ops: Ops,
-                 drop_paths: list[tuple[float, float]] | None = None):
+                 drop_paths: list[tuple[float, float]] | None = None, superset: Superset | None = None):
         super().__init__()
         self.num_paths = genes.paths
         drop_paths = drop_paths or [(0.0, 0.0)] * len(genes.cells)
         self.paths = nn.ModuleList(
             ScalePath(c_in if j == 0 else genes.dim, genes.pool if j == 0 else 1, genes, head_dim, norm, ops,
-                      drop_paths)
+                      drop_paths, superset)
             for j in range(genes.paths))
         self.local = LocalConv(genes.dim, norm, ops)
         self.aggregate = Aggregate(genes.dim, genes.paths + 1, norm, ops)
@@ -238,7 +276,7 @@ class NasViT(nn.Module):
     """
 
     def __init__(self, arch: Arch, space: SearchSpace, num_classes: int | None = None, ops: Ops = PLAIN_OPS,
-                 drop_path_rate: float = 0.0):
+                 drop_path_rate: float = 0.0, supersets: tuple[Superset, ...] | None = None):
         super().__init__()
         self.arch, self.space = arch, space
         self.num_classes = space.num_classes if num_classes is None else num_classes
@@ -247,7 +285,8 @@ class NasViT(nn.Module):
         drop_paths = _drop_path_rates(arch, drop_path_rate)
         stages, c_in, reduction, self.feature_info = [], first, space.stem_stride, []
         for i, genes in enumerate(arch.stages):
-            stages.append(Stage(c_in, genes, space.head_dim, space.conv_norm, ops, drop_paths[i]))
+            stages.append(Stage(c_in, genes, space.head_dim, space.conv_norm, ops, drop_paths[i],
+                                supersets[i] if supersets else None))
             c_in, reduction = genes.dim, reduction * genes.pool
             self.feature_info.append(dict(num_chs=c_in, reduction=reduction, module=f"stages.{i}"))
         self.stages = nn.ModuleList(stages)
@@ -328,7 +367,7 @@ def _drop_path_rates(arch: Arch, rate: float) -> list[list[tuple[float, float]]]
     Per stage, per cell position, the rates of its first and second layer; the parallel paths of a stage share
     them (they run at the same depth). Skip cells count no layer."""
     layers = [(s, c) for s, genes in enumerate(arch.stages) for c, kind in enumerate(genes.cells)
-              for _ in range({"skip": 0, "layer": 1, "shared": 2}[kind])]
+              for _ in CELL_KINDS[kind].layers]
     depth = {}
     for k, key in enumerate(layers):
         depth.setdefault(key, []).append(rate * k / max(len(layers) - 1, 1))

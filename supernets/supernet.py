@@ -1,32 +1,46 @@
 """The weight-sharing supernet: the NAS-ViT blocks at their largest size, built from elastic ops.
 
 `set_active(arch)` switches every elastic op to the arch's slice and every block to the arch's
-structure (paths, cell kinds, attention type); `forward` is the blocks' own. `export(arch)` builds the
+structure (paths, cell kinds, token and channel mixers); `forward` is the blocks' own. `export(arch)` builds the
 standalone `NasViT` of the arch with plain ops and copies the active weights into it.
 """
 from __future__ import annotations
 
 import torch
 
-from search_spaces import Arch, SearchSpace, StageArch
+from search_spaces import Arch, SearchSpace, StageArch, StageChoices
+from search_spaces.operators import TOKEN_MIXERS, layer_mixers
 from search_spaces.space import STEM_STRIDES, stem_hidden
 from supernets.elastic_ops import ELASTIC_OPS, Elastic
-from supernets.nas_vit import DWSepConv, NasViT, Stage, TransformerLayer
+from supernets.nas_vit import DWSepConv, NasViT, Stage, Superset, TransformerLayer, mixer_genes
+from supernets.token_mixers import resolve
 
 
 def largest_arch(space: SearchSpace) -> Arch:
-    """A superset of every arch of the space: widest dims, all paths, `shared` cells (both layers), `bra`
-    (which adds LCE). It need not be in the space: it only decides which weights exist and their size."""
+    """A superset of every arch of the space in sizes: widest dims, all paths, the largest window and mlp_ratio.
+    Its kinds are placeholders (the stage supersets decide which modules exist); it need not be in the space."""
     stages = tuple(
-        StageArch(pool=1, dim=max(c.dim), paths=max(c.paths), cells=("shared",) * c.max_cells, attn="bra",
-                  topk=1, regions=1, mlp_ratio=max(c.mlp_ratio))
+        StageArch(pool=1, dim=max(c.dim), paths=max(c.paths), cells=(c.cells[0],) * c.max_cells, attn=c.attn[0],
+                  topk=1, regions=1, mlp_ratio=max(c.mlp_ratio), window=max(c.window), mixer=c.mixer[0])
         for c in space.stages)
     return Arch(space.ref or space.name, stages)
 
 
+def stage_superset(choices: StageChoices) -> Superset:
+    """The modules a supernet stage holds: those of every token mixer its cells can run (the `attn` choices and
+    the cells' fixed mixers) and every channel mixer, and q/k at a layer position where some cell kind attends
+    anew (not at the second layer of `shared`, which reuses the first's attention)."""
+    plans = [layer_mixers((cell,), attn) for cell in choices.cells for attn in choices.attn]
+    token_mixers = tuple(dict.fromkeys(mixer for plan in plans for mixer, _ in plan)) or choices.attn[:1]
+    depth = max(len(plan) for plan in plans)
+    with_qk = tuple(any(len(plan) > i and plan[i][1] for plan in plans) for i in range(depth))
+    return Superset(token_mixers, choices.mixer, with_qk)
+
+
 class Supernet(NasViT):
     def __init__(self, space: SearchSpace, num_classes: int | None = None):
-        super().__init__(largest_arch(space), space, num_classes, ops=ELASTIC_OPS)
+        super().__init__(largest_arch(space), space, num_classes, ops=ELASTIC_OPS,
+                         supersets=tuple(stage_superset(c) for c in space.stages))
         self.active_arch: Arch | None = None
 
     def forward(self, x, arch: Arch | None = None):
@@ -83,11 +97,9 @@ def _activate_stage(stage: Stage, c_in: int, genes: StageArch, head_dim: int) ->
     for j, path in enumerate(stage.paths[:genes.paths]):
         _activate_dwsep(path.embed, c_in if j == 0 else dim, dim, genes.pool if j == 0 else 1)
         for cell, kind in zip(path.cells, genes.cells):
-            cell.kind = kind
-            if kind != "skip":
-                _activate_layer(cell.layer_a, genes, head_dim)
-            if kind == "shared":
-                _activate_layer(cell.layer_b, genes, head_dim)
+            cell.plan = layer_mixers((kind,), genes.attn)
+            for layer, (mixer, _) in zip((cell.layer_a, cell.layer_b), cell.plan):
+                _activate_layer(layer, genes, mixer, head_dim)
     local = stage.local
     local.conv1.set_active(dim, dim), local.norm1.set_active(dim)
     local.dw.set_active(dim), local.norm2.set_active(dim)
@@ -102,17 +114,18 @@ def _activate_dwsep(block: DWSepConv, c_in: int, c_out: int, stride: int) -> Non
     block.norm.set_active(c_out)
 
 
-def _activate_layer(layer: TransformerLayer, genes: StageArch, head_dim: int) -> None:
-    dim, hidden = genes.dim, genes.mlp_hidden()
+def _activate_layer(layer: TransformerLayer, genes: StageArch, mixer: str, head_dim: int) -> None:
+    dim = genes.dim
     layer.cpe.set_active(dim)
     layer.norm1.set_active(dim)
     layer.norm2.set_active(dim)
     attn = layer.attn
-    attn.num_heads, attn.kind, attn.topk, attn.regions = dim // head_dim, genes.attn, genes.topk, genes.regions
+    attn.num_heads, attn.kind, attn.genes = dim // head_dim, mixer, mixer_genes(genes, mixer)
     for proj in (attn.q, attn.k, attn.v, attn.proj):
         if proj is not None:
             proj.set_active(dim, dim)
-    attn.lce.set_active(dim)
-    layer.mlp.fc1.set_active(dim, hidden)
-    layer.mlp.fc2.set_active(hidden, dim)
-
+    local = resolve(TOKEN_MIXERS[mixer].module).local
+    if local:
+        getattr(attn, local).set_active(dim)
+    layer.channel_mixer = genes.mixer
+    getattr(layer, genes.mixer).set_active(genes)

@@ -20,7 +20,7 @@ def reference_bra(attn: Attention, x: torch.Tensor, reuse: dict | None = None) -
     average the map's tokens of a region, a region without any is never routed to, keys are map tokens, and
     LCE sees zeros beyond the map (a conv's own padding)."""
     B, H, W, C = x.shape
-    S, topk, d = attn.regions, attn.topk, C // HEADS
+    S, topk, d = attn.genes["regions"], attn.genes["topk"], C // HEADS
     rh, rw = -(-H // S), -(-W // S)
     region_tokens = [[(i * rh + a, j * rw + b) for a in range(rh) for b in range(rw)
                       if i * rh + a < H and j * rw + b < W] for i in range(S) for j in range(S)]
@@ -58,7 +58,7 @@ def reference_bra(attn: Attention, x: torch.Tensor, reuse: dict | None = None) -
 
 def make_attention(topk: int, regions: int, with_qk: bool = True) -> Attention:
     torch.manual_seed(topk * 10 + regions + with_qk)
-    module = Attention(DIM, HEADS, "bra", topk, regions, PLAIN_OPS, with_qk=with_qk)
+    module = Attention(DIM, HEADS, "bra", {"topk": topk, "regions": regions}, PLAIN_OPS, with_qk=with_qk)
     for p in module.parameters():  # default init gives near-uniform routing; make it decisive
         torch.nn.init.normal_(p, std=0.5)
     return module

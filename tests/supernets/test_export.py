@@ -18,6 +18,14 @@ def tiny():
     return space, Supernet(space).eval()
 
 
+def assert_export_equals_supernet(supernet: Supernet, arch, x: torch.Tensor) -> None:
+    """The standalone model of `arch` (its active weights copied out) computes the supernet's output with `arch`
+    active, to 1e-5."""
+    with torch.no_grad():
+        expected = supernet(x, arch)
+        torch.testing.assert_close(supernet.export(arch).eval()(x), expected, atol=1e-5, rtol=0)
+
+
 def _sample(space, n, seed):
     rng = np.random.default_rng(seed)
     return [space.sample(rng) for _ in range(n)]
@@ -30,10 +38,8 @@ def test_export_equals_supernet_on_tiny_archs(tiny):
     assert any(s.attn == "bra" for a in archs for s in a.stages)
     assert any(s.attn == "mhsa" for a in archs for s in a.stages)
     assert {c for a in archs for s in a.stages for c in s.cells} == {"layer", "shared", "skip"}
-    with torch.no_grad():
-        for arch in archs:
-            expected = supernet(x, arch)
-            torch.testing.assert_close(supernet.export(arch).eval()(x), expected, atol=1e-5, rtol=0)
+    for arch in archs:
+        assert_export_equals_supernet(supernet, arch, x)
 
 
 def test_export_equals_supernet_on_unified_224_archs():
@@ -41,9 +47,8 @@ def test_export_equals_supernet_on_unified_224_archs():
     space = load_space("unified-224")
     supernet = Supernet(space).eval()
     x = torch.randn(1, 3, 224, 224)
-    with torch.no_grad():
-        for arch in _sample(space, 3, seed=2):
-            torch.testing.assert_close(supernet.export(arch).eval()(x), supernet(x, arch), atol=1e-5, rtol=0)
+    for arch in _sample(space, 3, seed=2):
+        assert_export_equals_supernet(supernet, arch, x)
 
 
 def test_exported_model_holds_no_supernet_module_and_shares_no_storage(tiny):
@@ -76,7 +81,7 @@ def test_exported_model_has_only_the_arch_weights(tiny):
 def test_gradients_reach_only_active_weights(tiny):
     """Every entry with a gradient lies inside the slice that its op ran with (as the unused-weights guard
     records it), and the active slices do get gradients."""
-    from nas.subnet_optimizer import SubnetOptimizer
+    from nas.train.subnet_optimizer import SubnetOptimizer
 
     space, supernet = tiny
     supernet.train()

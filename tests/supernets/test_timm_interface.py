@@ -7,7 +7,7 @@ import torch
 from timm.layers import DropPath
 
 import nas  # noqa: F401  (registers nas_vit with timm)
-from nas.exported_model import read_exported, write_exported
+from nas.export.exported_model import read_exported, write_exported
 from search_spaces import load_space
 from supernets.nas_vit import NasViT
 
