@@ -20,16 +20,17 @@ from search_spaces.space import STEM_STRIDES, StageChoices, broken_rule, conv_ou
 
 
 @lru_cache(maxsize=1 << 16)
-def layer_cost(side: int, genes: StageArch, mixer: str, with_qk: bool) -> Cost:
+def layer_cost(side: int, genes: StageArch, mixer: str, with_qk: bool, head_dim: int) -> Cost:
     """One transformer layer with token mixer `mixer` on a side x side map; `with_qk=False` is a layer that
     reuses the previous layer's attention (the second layer of a shared cell)."""
     dim = genes.dim
     return add(dwconv(side, dim, 3, bias=True), norm(dim), norm(dim),  # cpe, norms
-               TOKEN_MIXERS[mixer].cost(side, genes, with_qk), CHANNEL_MIXERS[genes.mixer].cost(side, genes))
+               TOKEN_MIXERS[mixer].cost(side, genes, with_qk, head_dim), CHANNEL_MIXERS[genes.mixer].cost(side, genes))
 
 
-def cell_cost(kind: str, side: int, genes: StageArch) -> Cost:
-    return add(*(layer_cost(side, genes, mixer, with_qk) for mixer, with_qk in layer_mixers((kind,), genes.attn)))
+def cell_cost(kind: str, side: int, genes: StageArch, head_dim: int) -> Cost:
+    return add(*(layer_cost(side, genes, mixer, with_qk, head_dim)
+                 for mixer, with_qk in layer_mixers((kind,), genes.attn)))
 
 
 def _embed_cost(side: int, c_in: int, c_out: int) -> Cost:
@@ -43,9 +44,9 @@ def _aggregation_cost(side: int, dim: int, paths: int) -> Cost:
 
 
 @lru_cache(maxsize=1 << 16)
-def stage_cost(side_in: int, c_in: int, genes: StageArch) -> Cost:
+def stage_cost(side_in: int, c_in: int, genes: StageArch, head_dim: int) -> Cost:
     side = conv_out(side_in, genes.pool)
-    cells = add(*(cell_cost(kind, side, genes) for kind in genes.cells))
+    cells = add(*(cell_cost(kind, side, genes, head_dim) for kind in genes.cells))
     paths = [add(_embed_cost(side, c_in if j == 0 else genes.dim, genes.dim), cells) for j in range(genes.paths)]
     return add(*paths, _aggregation_cost(side, genes.dim, genes.paths))
 
@@ -85,7 +86,7 @@ def _totals(arch: Arch, space: SearchSpace, num_classes: int, parts: list | None
     costs = [stem_cost(space, c_in)]
     names, sides = ["stem"], [side]
     for i, genes in enumerate(arch.stages):
-        costs.append(stage_cost(side, c_in, genes))
+        costs.append(stage_cost(side, c_in, genes, space.head_dim))
         side, c_in = conv_out(side, genes.pool), genes.dim
         names.append(f"stage {i + 1}")
         sides.append(side)
@@ -122,7 +123,8 @@ def _extreme(space: SearchSpace, metric: int, largest: bool) -> tuple[int, Arch]
                 for dim in choices.dim:
                     if dim < c_in:
                         continue
-                    found = _stage_extreme(side_in, c_in if s else dim, pool, dim, choices, metric, largest)
+                    found = _stage_extreme(side_in, c_in if s else dim, pool, dim, choices, space.head_dim, metric,
+                                           largest)
                     if found is None:
                         continue
                     total = so_far + found[0] + (stem_cost(space, dim)[metric] if s == 0 else 0)
@@ -139,14 +141,14 @@ def _extreme(space: SearchSpace, metric: int, largest: bool) -> tuple[int, Arch]
     return value, Arch(space.ref or space.name, stages).canonical()
 
 
-def _stage_extreme(side_in: int, c_in: int, pool: int, dim: int, choices: StageChoices, metric: int,
+def _stage_extreme(side_in: int, c_in: int, pool: int, dim: int, choices: StageChoices, head_dim: int, metric: int,
                    largest: bool) -> tuple[int, StageArch] | None:
     """Best cost of one stage over paths, cells and the optional genes, for fixed pool and dim, and the stage
     that has it. Cells are independent given the other genes: each takes its best kind among the valid ones."""
     better = (lambda a, b: a > b) if largest else (lambda a, b: a < b)
     pick = max if largest else min
     found = None
-    for fixed, genes, kind_costs in _stage_options(side_in, c_in, pool, dim, choices):
+    for fixed, genes, kind_costs in _stage_options(side_in, c_in, pool, dim, choices, head_dim):
         kind = pick(kind_costs, key=lambda k: kind_costs[k][metric])
         candidate = (fixed[metric] + genes.paths * choices.max_cells * kind_costs[kind][metric],
                      replace(genes, cells=(kind,) * choices.max_cells))
@@ -156,7 +158,7 @@ def _stage_extreme(side_in: int, c_in: int, pool: int, dim: int, choices: StageC
 
 
 @lru_cache(maxsize=1 << 12)
-def _stage_options(side_in: int, c_in: int, pool: int, dim: int, choices: StageChoices) -> tuple:
+def _stage_options(side_in: int, c_in: int, pool: int, dim: int, choices: StageChoices, head_dim: int) -> tuple:
     """Every (paths, optional genes) of a stage with fixed pool and dim: the cost (MACs, params) of its embeddings
     and aggregation, its genes, and the cost of one cell of each kind valid with them. Per `attn` and `mixer`
     choice, the genes enumerated are those its operators and the cells' fixed token mixers read. Shared by the
@@ -175,7 +177,7 @@ def _stage_options(side_in: int, c_in: int, pool: int, dim: int, choices: StageC
                     _aggregation_cost(side, dim, paths))
         for combo in combos:
             genes = StageArch(pool, dim, paths, (), **combo)
-            costs = {kind: cell_cost(kind, side, genes) for kind in choices.cells
+            costs = {kind: cell_cost(kind, side, genes, head_dim) for kind in choices.cells
                      if broken_rule(replace(genes, cells=(kind,)), side) is None}
             if costs:
                 options.append((fixed, genes, costs))

@@ -114,7 +114,7 @@ def _stage_from_dict(data: object, where: str) -> StageArch:
         raise ValueError(f"{where}: missing gene(s) {missing}")
     cells = data["cells"]
     if not isinstance(cells, list | tuple) or not all(isinstance(c, str) for c in cells):
-        raise ValueError(f"{where}: gene 'cells' must be a list of {sorted(CELL_KINDS)}, got {cells!r}")
+        raise ValueError(f"{where}: gene 'cells' must be a list of {list(CELL_KINDS)}, got {cells!r}")
     for gene in ("pool", "dim", "paths", "topk", "regions", "window"):
         value = data.get(gene)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from search_spaces.macs import Cost, add, dwconv, linear
+from search_spaces.macs import Cost, add, dwconv, linear, norm
 
 if TYPE_CHECKING:
     from search_spaces.arch import StageArch
@@ -27,7 +27,7 @@ class TokenMixer:
     name: str
     genes: tuple[str, ...]  # of TOKEN_GENES
     check: Callable[[StageArch, int], str | None]  # on a stage with this map side: the broken rule, or None
-    cost: Callable[[int, StageArch, bool], Cost]  # (side, stage, with_qk): its whole attention block
+    cost: Callable[[int, StageArch, bool, int], Cost]  # (side, stage, with_qk, head_dim): its whole attention block
     module: str  # its `supernets.token_mixers.MixerModule`
     reusable: bool = True  # keeps a state that the second layer of a `shared` cell can reuse
 
@@ -46,7 +46,7 @@ class ChannelMixer:
     name: str
     genes: tuple[str, ...]  # of CHANNEL_GENES
     cost: Callable[[int, StageArch], Cost]  # (side, stage)
-    module: str  # "package.module:CLASS", built as CLASS(dim, stage, ops)
+    module: str  # "package.module:CLASS": CLASS(dim, num_heads, stage, ops), switched by set_active(stage, num_heads)
 
 
 TOKEN_MIXERS: dict[str, TokenMixer] = {}
@@ -115,12 +115,12 @@ def _projections(n: int, dim: int, with_qk: bool) -> Cost:
     return add(*[linear(n, dim, dim)] * (4 if with_qk else 2))
 
 
-def _mhsa_cost(side: int, stage: StageArch, with_qk: bool) -> Cost:
+def _mhsa_cost(side: int, stage: StageArch, with_qk: bool, head_dim: int) -> Cost:
     n, dim = side * side, stage.dim
     return add(_projections(n, dim, with_qk), ((2 if with_qk else 1) * n * n * dim, 0))  # QK^T and AV
 
 
-def _bra_cost(side: int, stage: StageArch, with_qk: bool) -> Cost:
+def _bra_cost(side: int, stage: StageArch, with_qk: bool, head_dim: int) -> Cost:
     """BiFormer's nominal count: projections and LCE on the map, routing of the region means, and attention of
     every position of the map zero-padded to a multiple of S over the topk * n tokens of its routed regions."""
     n, dim, regions = side * side, stage.dim, stage.regions
@@ -130,6 +130,33 @@ def _bra_cost(side: int, stage: StageArch, with_qk: bool) -> Cost:
     return add(_projections(n, dim, with_qk), dwconv(side, dim, 5, bias=True), attention)
 
 
+def _window_rule(stage: StageArch, side: int) -> str | None:
+    if stage.window > side:
+        return (f"gene 'window' = {stage.window} exceeds the stage's token map side {side}; "
+                f"allowed: window <= {side}")
+    return None
+
+
+def _ipsa_cost(side: int, stage: StageArch, with_qk: bool, head_dim: int) -> Cost:
+    """Attention inside every window of the map zero-padded to a multiple of the window (padded keys masked)."""
+    padded = (-(-side // stage.window) * stage.window) ** 2
+    per_token = stage.window ** 2 * stage.dim
+    return add(_projections(side * side, stage.dim, with_qk), ((2 if with_qk else 1) * padded * per_token, 0))
+
+
+def _cpsa_cost(side: int, stage: StageArch, with_qk: bool, head_dim: int) -> Cost:
+    """Per channel, every patch against every patch, a patch being window^2 positions of the padded map."""
+    padded = (-(-side // stage.window) * stage.window) ** 2
+    patches = padded // stage.window ** 2
+    return add(_projections(side * side, stage.dim, with_qk), ((2 if with_qk else 1) * stage.dim * patches * padded, 0))
+
+
+def _factorized_cost(side: int, stage: StageArch, with_qk: bool, head_dim: int) -> Cost:
+    """K^T V and Q (K^T V): each N * C * head_dim; CRPE a depthwise 3x3 on V."""
+    n, dim = side * side, stage.dim
+    return add(_projections(n, dim, True), (2 * n * dim * head_dim, 0), dwconv(side, dim, 3, bias=True))
+
+
 def _mlp_cost(side: int, stage: StageArch) -> Cost:
     n, hidden = side * side, stage.mlp_hidden()
     return add(linear(n, stage.dim, hidden), linear(n, hidden, stage.dim))
@@ -137,7 +164,19 @@ def _mlp_cost(side: int, stage: StageArch) -> Cost:
 
 register(TokenMixer("mhsa", (), lambda stage, side: None, _mhsa_cost, "supernets.token_mixers:MHSA"))
 register(TokenMixer("bra", ("topk", "regions"), _regions_rule, _bra_cost, "supernets.token_mixers:BRA"))
+register(TokenMixer("factorized", (), lambda stage, side: None, _factorized_cost,
+                    "supernets.token_mixers:FACTORIZED", reusable=False))
+register(TokenMixer("ipsa", ("window",), _window_rule, _ipsa_cost, "supernets.token_mixers:IPSA"))
+register(TokenMixer("cpsa", ("window",), _window_rule, _cpsa_cost, "supernets.token_mixers:CPSA"))
 register(CellKind("layer", (ATTN,)))
 register(CellKind("shared", (ATTN, REUSE)))
 register(CellKind("skip", ()))
+register(CellKind("cross", ("ipsa", "cpsa")))  # CAT's block: inner-patch, then cross-patch attention
+def _fan_cost(side: int, stage: StageArch) -> Cost:
+    """q (no bias), the per-head gate softmax(q)^T pooled softmax(x) (N * C), the MLP and its norm."""
+    n, dim = side * side, stage.dim
+    return add(linear(n, dim, dim, bias=False), (n * dim, 0), _mlp_cost(side, stage), norm(dim))
+
+
 register(ChannelMixer("mlp", ("mlp_ratio",), _mlp_cost, "supernets.nas_vit:Mlp"))
+register(ChannelMixer("fan", ("mlp_ratio",), _fan_cost, "supernets.nas_vit:Fan"))

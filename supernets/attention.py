@@ -29,7 +29,8 @@ def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.reshape(B, H * W, num_heads, C // num_heads).transpose(1, 2)  # (B, heads, N, d)
 
 
-def mhsa(q, k, v, num_heads: int, *, reuse: AttentionState | None = None, keep: bool = False) -> tuple[torch.Tensor, AttentionState | None]:
+def mhsa(q, k, v, num_heads: int, *, reuse: AttentionState | None = None,
+         keep: bool = False) -> tuple[torch.Tensor, AttentionState | None]:
     """Multi-head self-attention over all tokens; fused SDPA unless probabilities are kept or reused."""
     B, H, W, C = v.shape
     q_h, k_h = (None, None) if reuse is not None else (_heads(q, num_heads), _heads(k, num_heads))
@@ -71,9 +72,9 @@ def region_means(x: torch.Tensor, regions: int) -> torch.Tensor:
     return pooled.permute(0, 2, 3, 1).reshape(B, -1, C)
 
 
-def valid_tokens(H: int, W: int, regions: int, device) -> torch.Tensor:
-    """(S^2, n) bool: which tokens of each region of the map padded to a multiple of S lie on the H x W map."""
-    Hp, Wp = -(-H // regions) * regions, -(-W // regions) * regions
+def valid_tokens(H: int, W: int, padded: tuple[int, int], regions: int, device) -> torch.Tensor:
+    """(S^2, n) bool: which tokens of each of the S x S regions of the map padded to `padded` lie on the H x W map."""
+    Hp, Wp = padded
     on_map = (torch.arange(Hp, device=device)[:, None] < H) & (torch.arange(Wp, device=device)[None, :] < W)
     return _to_regions(on_map.view(1, Hp, Wp, 1), regions).view(regions * regions, -1)
 
@@ -160,7 +161,7 @@ def bra(q, k, v, num_heads: int, *, topk: int, regions: int, reuse: AttentionSta
     valid = None
     if pad_h or pad_w:
         q, k, v = (None if t is None else F.pad(t, (0, 0, 0, pad_w, 0, pad_h)) for t in (q, k, v))  # (B, Hp, Wp, C)
-        valid = valid_tokens(H, W, regions, v.device)
+        valid = valid_tokens(H, W, v.shape[1:3], regions, v.device)
     if reuse is None:
         route, dense = route_regions(q, k, regions, topk, valid), _use_dense(topk, regions)
     else:
@@ -211,3 +212,62 @@ def _dense_routed(q, k, v, num_heads, route, regions, valid, reuse, keep):
 
 
 AttentionKernel = Callable[..., tuple[torch.Tensor, AttentionState | None]]
+
+
+def factorized(q, k, v, num_heads: int, *, reuse: AttentionState | None = None,
+               keep: bool = False) -> tuple[torch.Tensor, AttentionState | None]:
+    """MPViT's factorized attention: softmax of k over the tokens, K^T V first (d x d per head), then Q times it.
+    Linear in the token count; keeps no probabilities (its mixer is not reusable). Scale: head_dim ** -0.5."""
+    B, H, W, C = v.shape
+    q_h, k_h, v_h = _heads(q, num_heads), _heads(k, num_heads), _heads(v, num_heads)  # (B, heads, N, d)
+    context = k_h.softmax(dim=2).transpose(-2, -1) @ v_h  # (B, heads, d, d)
+    out = q_h * q_h.shape[-1] ** -0.5 @ context  # (B, heads, N, d)
+    return out.transpose(1, 2).reshape(B, H, W, C), None
+
+
+def ipsa(q, k, v, num_heads: int, *, window: int, reuse: AttentionState | None = None,
+         keep: bool = False) -> tuple[torch.Tensor, AttentionState | None]:
+    """CAT's inner-patch self-attention: attention among the tokens of each window x window patch. The maps are
+    zero-padded right/bottom to a multiple of the window and padded keys are masked, as in `bra`. Square maps
+    (every map of the network is)."""
+    B, H, W, C = v.shape
+    assert H == W, "ipsa runs on square maps"
+    pad_h, pad_w = -H % window, -W % window
+    patches = -(-H // window)  # per side
+    mask = None
+    if pad_h or pad_w:
+        q, k, v = (None if t is None else F.pad(t, (0, 0, 0, pad_w, 0, pad_h)) for t in (q, k, v))  # (B, Hp, Wp, C)
+        valid = valid_tokens(H, W, v.shape[1:3], patches, v.device)  # (P^2, w^2)
+        mask = valid.view(1, -1, 1, 1, window * window).expand(B, -1, -1, -1, -1).reshape(-1, 1, 1, window ** 2)
+    heads, d = num_heads, C // num_heads
+
+    def split_heads(x):  # (B, Hp, Wp, C) -> (B * P^2, heads, w^2, d)
+        x = _to_regions(x, patches)
+        return x.reshape(-1, x.shape[2], heads, d).transpose(1, 2)
+
+    q_h = None if reuse is not None else split_heads(q)
+    k_h = None if reuse is not None else split_heads(k)
+    out, probs = _attend(q_h, k_h, split_heads(v), reuse, keep, mask)  # (B * P^2, heads, w^2, d)
+    out = out.transpose(1, 2).reshape(B, patches * patches, -1, C)
+    return _from_regions(out, patches, *v.shape[1:3])[:, :H, :W], AttentionState(probs) if keep else None
+
+
+def cpsa(q, k, v, num_heads: int, *, window: int, reuse: AttentionState | None = None,
+         keep: bool = False) -> tuple[torch.Tensor, AttentionState | None]:
+    """CAT's cross-patch self-attention: each channel's map is cut into window x window patches, and the patches
+    of a channel attend to each other, a patch being a w^2-vector (one head per channel). q, k, v are the layer's
+    own C -> C projections, shared with the other mixers; CAT projects each patch with w^2 x w^2 weights shared
+    over the channels instead (docs/model.md). Zero padding to a multiple of the window adds nothing to a score.
+    Scale: (w^2) ** -0.5."""
+    B, H, W, C = v.shape
+    pad_h, pad_w = -H % window, -W % window
+    patches = -(-H // window)  # per side, square maps
+    if pad_h or pad_w:
+        q, k, v = (None if t is None else F.pad(t, (0, 0, 0, pad_w, 0, pad_h)) for t in (q, k, v))  # (B, Hp, Wp, C)
+
+    def per_channel(x):  # (B, Hp, Wp, C) -> (B, C, P^2, w^2)
+        return None if x is None else _to_regions(x, patches).permute(0, 3, 1, 2)
+
+    out, probs = _attend(per_channel(q), per_channel(k), per_channel(v), reuse, keep)  # (B, C, P^2, w^2)
+    out = _from_regions(out.permute(0, 2, 3, 1).contiguous(), patches, *v.shape[1:3])
+    return out[:, :H, :W], AttentionState(probs) if keep else None

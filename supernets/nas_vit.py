@@ -32,21 +32,48 @@ def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
 
 
 class Mlp(nn.Module):
-    """Linear -> GELU -> Linear (timm's Mlp, but with the linear layer from the op factory): the `mlp` channel mixer."""
+    """Linear -> GELU -> Linear (timm's Mlp, but with the linear layer from the op factory): the `mlp` channel mixer.
+    Channel mixers are built as (dim, num_heads, stage genes, ops)."""
 
-    def __init__(self, dim: int, genes: StageArch, ops: Ops):
+    def __init__(self, dim: int, num_heads: int, genes: StageArch, ops: Ops):
         super().__init__()
         hidden = genes.mlp_hidden()
         self.fc1 = ops.linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = ops.linear(hidden, dim)
 
-    def set_active(self, genes: StageArch) -> None:  # the supernet's switch (its ops are elastic there)
+    def set_active(self, genes: StageArch, num_heads: int) -> None:  # the supernet's switch (its ops are elastic)
         self.fc1.set_active(genes.dim, genes.mlp_hidden())
         self.fc2.set_active(genes.mlp_hidden(), genes.dim)
 
     def forward(self, x):
         return self.fc2(self.act(self.fc1(x)))
+
+
+class Fan(nn.Module):
+    """FAN's attentional channel processing (the `fan` channel mixer): the MLP's normed output, gated per channel
+    by sigmoid(softmax_N(q)^T mean_d(softmax_N(x))) per head, q a linear map of the input without bias."""
+
+    def __init__(self, dim: int, num_heads: int, genes: StageArch, ops: Ops):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = ops.linear(dim, dim, bias=False)
+        self.mlp = Mlp(dim, num_heads, genes, ops)
+        self.norm = ops.layer_norm(dim)
+
+    def set_active(self, genes: StageArch, num_heads: int) -> None:
+        self.num_heads = num_heads
+        self.q.set_active(genes.dim, genes.dim)
+        self.mlp.set_active(genes, num_heads)
+        self.norm.set_active(genes.dim)
+
+    def forward(self, x):  # (B, N, C)
+        B, N, C = x.shape
+        h = self.num_heads
+        q = self.q(x).view(B, N, h, C // h).softmax(dim=1).permute(0, 2, 3, 1)  # (B, h, d, N), over the tokens
+        k = x.view(B, N, h, C // h).softmax(dim=1).mean(dim=3, keepdim=True).transpose(1, 2)  # (B, h, N, 1)
+        gate = torch.sigmoid(q @ k).reshape(B, 1, C)  # (B, 1, C): a weight per channel
+        return gate * self.norm(self.mlp(x))
 
 
 class DWSepConv(nn.Module):
@@ -127,7 +154,7 @@ class TransformerLayer(nn.Module):
         self.norm2 = ops.layer_norm(dim)
         self.channel_mixer = genes.mixer
         for name in superset.channel_mixers if superset else (genes.mixer,):  # an attribute by its name: `mlp`
-            self.add_module(name, resolve(CHANNEL_MIXERS[name].module)(dim, genes, ops))
+            self.add_module(name, resolve(CHANNEL_MIXERS[name].module)(dim, dim // head_dim, genes, ops))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x, size, reuse=None, keep=False):  # x: (B, N, C)

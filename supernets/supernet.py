@@ -128,4 +128,4 @@ def _activate_layer(layer: TransformerLayer, genes: StageArch, mixer: str, head_
     if local:
         getattr(attn, local).set_active(dim)
     layer.channel_mixer = genes.mixer
-    getattr(layer, genes.mixer).set_active(genes)
+    getattr(layer, genes.mixer).set_active(genes, dim // head_dim)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from search_spaces import StageArch
-from supernets.attention import AttentionKernel, bra, mhsa
+from supernets.attention import AttentionKernel, bra, cpsa, factorized, ipsa, mhsa
 from supernets.ops import Ops
 
 
@@ -39,5 +39,13 @@ def _add_lce(lce: nn.Module, q, v: torch.Tensor, out: torch.Tensor) -> torch.Ten
     return out + lce(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)  # LCE(V): depthwise 5x5 over the map's V
 
 
+def _add_crpe(crpe: nn.Module, q: torch.Tensor, v: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """MPViT's convolutional relative position encoding: q * DWConv(V), per channel."""
+    return out + q * crpe(v.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
 MHSA = MixerModule(mhsa)
+IPSA = MixerModule(ipsa)
+CPSA = MixerModule(cpsa)
+FACTORIZED = MixerModule(factorized, "crpe", lambda dim, heads, stage, ops: ops.dwconv(dim, 3, bias=True), _add_crpe)
 BRA = MixerModule(bra, "lce", lambda dim, heads, stage, ops: ops.dwconv(dim, 5, bias=True), _add_lce)

@@ -10,6 +10,7 @@ import yaml
 from search_spaces import Arch, StageArch, builtin_spaces, load_arch, load_space
 from search_spaces.arch import arch_from_dict
 from search_spaces.loading import BUILTIN_DIR
+from search_spaces.operators import CELL_KINDS
 from search_spaces.space import space_from_dict
 
 # tiny-32: 8x8 map after the stem; token map sides 8, 4, 2, 2 with these pools.
@@ -85,7 +86,7 @@ ARCH_ERRORS = {  # case -> (arch mapping, regex the error must match)
     "bad cell kind": (_edit(TINY_ARCH, 2, cells=["layer", "conv"]),
                       rf"stage 3: gene 'cells\[1\]' = 'conv' .*allowed: {_allowed(TINY[2].cells)}"),
     "cells not a list": (_edit(TINY_ARCH, 0, cells="layer"),
-                         r"gene 'cells' must be a list of \['layer', 'shared', 'skip'\]"),
+                         rf"gene 'cells' must be a list of {re.escape(str(list(CELL_KINDS)))}"),
     "bad attn": (_edit(TINY_ARCH, 1, attn="linear"),
                  rf"stage 2: gene 'attn' = 'linear' .*allowed: {_allowed(TINY[1].attn)}"),
     "attn not in this stage": (_edit(UNIFIED_ARCH, 0, attn="mhsa"),

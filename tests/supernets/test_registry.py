@@ -17,12 +17,21 @@ from tests.nas.test_cost_model import traced_macs
 from tests.supernets.test_export import assert_export_equals_supernet
 
 
+def assert_exported_and_costed(supernet: Supernet, arch, x: torch.Tensor) -> None:
+    """Export equality, and the analytic MACs and params of `arch` equal the traced ones of its export."""
+    assert_export_equals_supernet(supernet, arch, x)
+    model = supernet.export(arch).eval()
+    macs, params = arch_cost(arch, supernet.space)
+    assert macs == pytest.approx(traced_macs(model, supernet.space.img_size), rel=1e-3)
+    assert params == sum(p.numel() for p in model.parameters())
+
+
 def toy_kernel(q, k, v, num_heads, *, reuse=None, keep=False):
     """Every token gets the mean of the values (no MACs), so the toy's cost is its projections and its conv."""
     return v.mean(dim=(1, 2), keepdim=True).expand_as(v), None  # (B, H, W, C)
 
 
-def _toy_cost(side, stage, with_qk):
+def _toy_cost(side, stage, with_qk, head_dim):
     n, dim = side * side, stage.dim
     return add(*[linear(n, dim, dim)] * 4, dwconv(side, dim, 3, bias=True))
 
@@ -34,7 +43,8 @@ PAIR = CellKind("pair", (ATTN, ATTN))  # two layers, each attending on its own
 
 SPACE = {
     "name": "toy-space", "img_size": 16, "num_classes": 4, "head_dim": 8, "stem_stride": 4, "conv_norm": "bn",
-    "stages": [{"pool": [1, 2], "dim": [8, 16], "paths": [1, 2], "max_cells": 1, "cells": ["pair", "layer", "shared", "skip"],
+    "stages": [{"pool": [1, 2], "dim": [8, 16], "paths": [1, 2], "max_cells": 1,
+                "cells": ["pair", "layer", "shared", "skip"],
                 "attn": ["toy", "mhsa", "bra"], "topk": [1, 2], "regions": [1, 2], "mlp_ratio": [2]}] * 4,
 }
 
@@ -76,8 +86,4 @@ def test_toy_kinds_export_equal_to_the_supernet_and_cost_what_they_trace(toy_spa
     assert archs
     x = torch.randn(2, 3, 16, 16)
     for arch in archs:
-        assert_export_equals_supernet(supernet, arch, x)
-        model = supernet.export(arch).eval()
-        macs, params = arch_cost(arch, toy_space)
-        assert macs == pytest.approx(traced_macs(model, 16), rel=1e-3)
-        assert params == sum(p.numel() for p in model.parameters())
+        assert_exported_and_costed(supernet, arch, x)
