@@ -8,7 +8,7 @@ count of exported models.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import product
 
@@ -148,10 +148,9 @@ def _stage_extreme(side_in: int, c_in: int, pool: int, dim: int, choices: StageC
     better = (lambda a, b: a > b) if largest else (lambda a, b: a < b)
     pick = max if largest else min
     found = None
-    for fixed, genes, kind_costs in _stage_options(side_in, c_in, pool, dim, choices, head_dim):
-        kind = pick(kind_costs, key=lambda k: kind_costs[k][metric])
-        candidate = (fixed[metric] + genes.paths * choices.max_cells * kind_costs[kind][metric],
-                     replace(genes, cells=(kind,) * choices.max_cells))
+    for fixed, paths, kinds in _stage_options(side_in, c_in, pool, dim, choices, head_dim):
+        cost, stage = pick(kinds.values(), key=lambda option: option[0][metric])
+        candidate = (fixed[metric] + paths * choices.max_cells * cost[metric], stage)
         if found is None or better(candidate[0], found[0]):
             found = candidate
     return found
@@ -160,9 +159,10 @@ def _stage_extreme(side_in: int, c_in: int, pool: int, dim: int, choices: StageC
 @lru_cache(maxsize=1 << 12)
 def _stage_options(side_in: int, c_in: int, pool: int, dim: int, choices: StageChoices, head_dim: int) -> tuple:
     """Every (paths, optional genes) of a stage with fixed pool and dim: the cost (MACs, params) of its embeddings
-    and aggregation, its genes, and the cost of one cell of each kind valid with them. Per `attn` and `mixer`
-    choice, the genes enumerated are those its operators and the cells' fixed token mixers read. Shared by the
-    four extremes of a space (min/max of MACs/params), which is what makes `nas space` quick."""
+    and aggregation, the paths, and per cell kind valid with those genes the cost of one cell and the stage whose
+    cells are all that kind. Per `attn` and `mixer` choice, the genes enumerated are those its operators and the
+    cells' fixed token mixers read. Shared by the four extremes of a space (min/max of MACs/params), which is what
+    makes `nas space` quick."""
     side = conv_out(side_in, pool)
     combos = []
     for attn in choices.attn:
@@ -171,14 +171,17 @@ def _stage_options(side_in: int, c_in: int, pool: int, dim: int, choices: StageC
             names = [g for g in OPTIONAL_GENES if g in read]
             combos += [{**dict.fromkeys(OPTIONAL_GENES), "attn": attn, "mixer": mixer, **dict(zip(names, values))}
                        for values in product(*(getattr(choices, g) for g in names))]
+    kind_costs = []  # per combo: {kind: (cost of one cell, its cells)} for the valid kinds
+    for combo in combos:
+        genes = StageArch(pool, dim, 1, (), **combo)
+        kind_costs.append((combo, {kind: cell_cost(kind, side, genes, head_dim) for kind in choices.cells
+                                   if broken_rule(StageArch(pool, dim, 1, (kind,), **combo), side) is None}))
     options = []
     for paths in choices.paths:
         fixed = add(*(_embed_cost(side, c_in if j == 0 else dim, dim) for j in range(paths)),
                     _aggregation_cost(side, dim, paths))
-        for combo in combos:
-            genes = StageArch(pool, dim, paths, (), **combo)
-            costs = {kind: cell_cost(kind, side, genes, head_dim) for kind in choices.cells
-                     if broken_rule(replace(genes, cells=(kind,)), side) is None}
+        for combo, costs in kind_costs:
             if costs:
-                options.append((fixed, genes, costs))
+                options.append((fixed, paths, {kind: (cost, StageArch(pool, dim, paths, (kind,) * choices.max_cells,
+                                                                      **combo)) for kind, cost in costs.items()}))
     return tuple(options)
