@@ -18,7 +18,9 @@ DATA_HELP = (
     "(random images and labels, for benchmarks only: nothing to learn)"
 )
 
-DEPLOY_FORMATS = ("onnx", "torch-export")  # nas export --format (nas.deploy writes them)
+DEVICES = ("auto", "cpu", "cuda")  # --device of every command that computes ("auto": CUDA if available)
+FITNESS_BATCH_SIZE = 250  # images per forward pass when a subnet's top-1 is measured (evolve, export, eval)
+DEPLOY_FORMATS = ("onnx", "torch-export")  # nas export --format (nas.export.deploy writes them)
 HEARTBEAT_S = 30  # default interval of the heartbeat of a running trial on an RDB storage; 2x is the grace period
 STORAGE_HELP = ("where the study lives: an RDB URL (sqlite:///search.db, postgresql://user:pass@host/db, "
                 "mysql+pymysql://...) or the path of an optuna journal file; default OUT/study.journal. Workers "
@@ -26,6 +28,13 @@ STORAGE_HELP = ("where the study lives: an RDB URL (sqlite:///search.db, postgre
 
 THREADS_HELP = ("torch threads; on a CPU shared with other work torch's default (one per core) can run several times "
                 "slower than 1; 0 = torch's default (default 0)")
+
+
+DEVICE_HELP = "auto: CUDA if available, else CPU (default auto)"
+
+
+def add_device_option(parser: argparse.ArgumentParser, default: str | None = "auto", help: str = DEVICE_HELP) -> None:
+    parser.add_argument("--device", choices=DEVICES, default=default, help=help)
 
 
 def add_threads_option(parser: argparse.ArgumentParser, help: str = THREADS_HELP) -> None:

@@ -32,3 +32,12 @@ def parse_count(text: str, option: str) -> int:
     if not math.isfinite(value) or value < 1:
         raise ValueError(f"{option} {text!r}: expected {BUDGET_FORMS}")
     return round(value)
+
+
+def percent(value: float | None, signed: bool = False) -> str:
+    """A [0, 1] accuracy in percent ('97.78%'), or with `signed` a difference of two in points ('+1.39'); an em dash
+    for None or a non-finite value. The one format of accuracies in tables, bars, reports."""
+    if value is None or not math.isfinite(value):
+        return "—"
+    return f"{100 * value:{'+' if signed else ''}.2f}" + ("" if signed else "%")
+

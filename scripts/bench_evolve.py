@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from nas.checkpoint import save_checkpoint
-from nas.evolve import EvolveConfig, run_evolution
+from nas.options import FITNESS_BATCH_SIZE
+from nas.search.evolve import EvolveConfig, run_evolution
+from nas.train.checkpoint import save_checkpoint
 from nas.units import parse_count
 from search_spaces import load_space
 from supernets.supernet import Supernet
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=5, help="generations (default 5; SPOS uses 20)")
     parser.add_argument("--population", type=int, default=50)
     parser.add_argument("--holdout", type=int, default=1000, help="held-out images (default 1000)")
-    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--batch-size", type=int, default=FITNESS_BATCH_SIZE)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:

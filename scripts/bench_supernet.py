@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
 
-from nas.subnet_optimizer import SubnetOptimizer
+from nas.train.subnet_optimizer import SubnetOptimizer
 from search_spaces import load_space
 from supernets.supernet import Supernet
 

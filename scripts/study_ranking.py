@@ -3,7 +3,7 @@
     python scripts/study_ranking.py --data digits --out runs/ranking-digits \
         --supernet default=runs/supernet/checkpoint.pt [--supernet distill=runs/sn-distill/checkpoint.pt ...]
 
-1. Picks `--archs` archs stratified by MACs over the whole space (`nas.ranking.stratified_archs`, deterministic).
+1. Picks `--archs` archs stratified by MACs over the whole space (`nas.search.ranking.stratified_archs`, deterministic).
 2. Trains each stand-alone from scratch with one fixed recipe (`nas retrain`: `--epochs`, the same --holdout
    images left out), 2 seeds for `--two-seeds` of them, and takes their val top-1 (the mean over seeds).
 3. For each supernet, measures the inherited top-1 of the archs on the held-out split its training did not see
@@ -36,14 +36,16 @@ from rich.table import Table
 
 from nas.atomic_files import atomic_write
 from nas.cost_model import arch_cost
-from nas.distributed import resolve_device
-from nas.evolve import EvolveConfig, run_evolution
-from nas.fitness import Fitness
-from nas.ranking import correlation_summary, stratified_archs
-from nas.retrain import retrain
-from nas.train_config import RetrainConfig, TrainConfig
-from nas.train_supernet import train_supernet
-from nas.trained_supernet import fitness_split, load_trained_supernet
+from nas.data.splits import fitness_split
+from nas.options import FITNESS_BATCH_SIZE
+from nas.search.evolve import EvolveConfig, run_evolution
+from nas.search.fitness import Fitness
+from nas.search.ranking import correlation_summary, stratified_archs
+from nas.train.config import RetrainConfig, TrainConfig
+from nas.train.distributed import resolve_device
+from nas.train.retrain import retrain
+from nas.train.supernet import train_supernet
+from nas.train.trained_supernet import load_trained_supernet
 from nas.units import human, parse_count
 from search_spaces import Arch, load_space
 
@@ -124,7 +126,7 @@ def inherited_top1(args, checkpoint: Path, archs: list[Arch]) -> list[float]:
                          f"{holdout}; the study needs --data {args.data!r} --holdout {args.holdout} (images unseen "
                          f"in training)")
     rest, held_out = fitness_split(args.data, holdout, trained.space, trained.num_classes)
-    fitness = Fitness(trained.supernet, held_out, rest, 250, device)
+    fitness = Fitness(trained.supernet, held_out, rest, FITNESS_BATCH_SIZE, device)
     return [fitness(arch) for arch in archs]
 
 

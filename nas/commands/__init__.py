@@ -2,6 +2,8 @@
 
 Results (tables, JSON) go to stdout; progress, notes and the next-step hint to stderr, so that `nas ... --json`
 pipes into a parser and `nas ... > result.txt` keeps only the result."""
+import argparse
+import dataclasses
 import sys
 from contextlib import contextmanager
 
@@ -28,3 +30,10 @@ def hints_off():
         yield
     finally:
         _HINTS["on"] = previous
+
+
+def config_from_args(config_class: type, args: argparse.Namespace):
+    """The command's config dataclass from its parsed options: the options the user left unset (None) keep the
+    dataclass's defaults."""
+    names = {field.name for field in dataclasses.fields(config_class)}
+    return config_class(**{k: v for k, v in vars(args).items() if k in names and v is not None})

@@ -8,8 +8,8 @@ import shlex
 from rich.console import Console
 from rich.table import Table
 
-from nas.commands import hint
-from nas.options import DATA_HELP, add_threads_option
+from nas.commands import config_from_args, hint
+from nas.options import DATA_HELP, add_device_option, add_threads_option
 
 DATA = DATA_HELP.replace("'digits' (default: ", "'digits' (")  # the default here is another
 
@@ -37,8 +37,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="held-out size for --split holdout; default: the export's")
     add("--batch-size", type=int, metavar="N",
         help="images per batch; default: the export's (250), which makes the result bit-for-bit comparable")
-    add("--device", choices=("auto", "cpu", "cuda"), default="auto",
-        help="auto: CUDA if available, else CPU (default auto)")
+    add_device_option(parser)
     add_threads_option(parser)
     add("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(func=run)
@@ -46,12 +45,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from nas.export import evaluate_export  # torch-heavy: only when evaluating
-    from nas.options import torch_threads
+    from nas.export.measure import EvalConfig, evaluate_export  # torch-heavy: only when evaluating
 
-    with torch_threads(args.threads):
-        result = evaluate_export(args.folder, data=args.data, split=args.split, holdout=args.holdout,
-                                 batch_size=args.batch_size, device=args.device, console=Console(stderr=True))
+    result = evaluate_export(config_from_args(EvalConfig, args), console=Console(stderr=True))
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -61,14 +57,14 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _print_table(folder: str, result: dict) -> None:
-    from nas.export import format_points
+    from nas.units import percent
 
     where = "held-out train" if result["split"] == "holdout" else "val"
     table = Table(title=f"{folder}: arch {result['arch_hash']} (space {result['space']})", show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_column()
-    table.add_row("top-1", format_points(result["top1"]),
+    table.add_row("top-1", percent(result["top1"]),
                   f"{result['images']:,} {where} images of {result['data']}, on {result['device']}")
     measured = result["inherited_measured"] or {}
     if result["inherited_top1"] is not None:
@@ -77,9 +73,9 @@ def _print_table(folder: str, result: dict) -> None:
             note = f"at export: {measured.get('images', 0):,} {split} images of {measured.get('data')}"
         else:
             note = "at export (meta.json does not say on which images)"
-        table.add_row("inherited top-1", format_points(result["inherited_top1"]), note)
+        table.add_row("inherited top-1", percent(result["inherited_top1"]), note)
     if result["difference"] is not None:
-        table.add_row("difference", format_points(result["difference"], signed=True),
+        table.add_row("difference", percent(result["difference"], signed=True),
                       "points" + (" (reproduced exactly)" if result["difference"] == 0 else ""))
     elif result["inherited_top1"] is not None:
         table.add_row("difference", "—", "not comparable: other images than the export's")

@@ -5,8 +5,9 @@ import argparse
 import json
 import shlex
 
-from nas.commands import SPACE_HELP, hint
-from nas.options import DATA_HELP, HEARTBEAT_S, STORAGE_HELP, add_threads_option
+from nas.commands import SPACE_HELP, config_from_args, hint
+from nas.options import (DATA_HELP, FITNESS_BATCH_SIZE, HEARTBEAT_S, STORAGE_HELP, add_device_option,
+                         add_threads_option)
 from nas.units import parse_count
 
 DESCRIPTION = """Search a trained supernet for the most accurate subnet within a budget, with the
@@ -62,7 +63,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                                                     "%(default)s; a finished search resumed with more continues)")
     add("--mutations", type=int, metavar="N", help="mutated children per generation; with --crossovers at most "
                                                    "--population (default --population // 2, as SPOS's 25 of 50)")
-    add("--mutation-prob", type=float, metavar="P", default=0.1, help="probability to redraw each gene (default %(default)s)")
+    add("--mutation-prob", type=float, metavar="P", default=0.1,
+        help="probability to redraw each gene (default %(default)s)")
     add("--crossovers", type=int, metavar="N",
         help="children of two parents per generation (default --population // 2, as SPOS's 25 of 50)")
     add("--seed", type=int, metavar="N", default=0, help="seed of the plans: (seed, generation) fixes a generation's "
@@ -80,8 +82,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add("--data", metavar="SOURCE", help=f"{DATA_HELP}; default: the data the supernet was trained on")
     add("--holdout", type=int, metavar="N", help="images held out of the train set to rank subnets (a fixed "
                                                  "split); default: the supernet run's --holdout, else 1000")
-    add("--batch-size", type=int, metavar="N", default=250, help="images per forward pass (default %(default)s)")
-    add("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA if available (default)")
+    add("--batch-size", type=int, metavar="N", default=FITNESS_BATCH_SIZE,
+        help="images per forward pass (default %(default)s)")
+    add_device_option(parser)
     add_threads_option(parser)
     add("--json", action="store_true", help="print the best candidate as one JSON object on stdout (the table goes "
                                             "to stderr)")
@@ -92,10 +95,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     from rich.console import Console
 
-    from nas.evolve import EvolveConfig, run_evolution  # torch-heavy: only when searching
+    from nas.search.evolve import EvolveConfig, run_evolution  # torch-heavy: only when searching
 
-    options = {k: v for k, v in vars(args).items() if k in EvolveConfig.__dataclass_fields__ and v is not None}
-    result = run_evolution(EvolveConfig(**options), results=Console(stderr=args.json))
+    result = run_evolution(config_from_args(EvolveConfig, args), results=Console(stderr=args.json))
     hint(f"nas export --supernet {shlex.quote(args.supernet)} --arch {shlex.quote(str(result.out / 'best.yaml'))} "
          f"--out {shlex.quote(str(result.out / 'model'))}")
     if args.json:

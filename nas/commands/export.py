@@ -8,8 +8,8 @@ import shlex
 from rich.console import Console
 from rich.table import Table
 
-from nas.commands import SPACE_HELP, hint
-from nas.options import DATA_HELP, DEPLOY_FORMATS, add_threads_option
+from nas.commands import SPACE_HELP, config_from_args, hint
+from nas.options import DATA_HELP, DEPLOY_FORMATS, FITNESS_BATCH_SIZE, add_device_option, add_threads_option
 
 DATA = DATA_HELP.replace("'digits' (default: ", "'digits' (")  # the default here is another
 
@@ -47,10 +47,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="train images held out to measure the inherited top-1 (a fixed draw: the same images as "
              "'nas evolve'); default: the search's when ARCH.yaml is a 'nas evolve' best.yaml (its search.json), "
              "else the images the training run held out, else 1000")
-    add("--batch-size", type=int, metavar="N", default=250,
-        help="images per batch when measuring (and recalibrating BatchNorm); default 250")
-    add("--device", choices=("auto", "cpu", "cuda"), default="auto",
-        help="auto: CUDA if available, else CPU (default auto)")
+    add("--batch-size", type=int, metavar="N", default=FITNESS_BATCH_SIZE,
+        help="images per batch when measuring (and recalibrating BatchNorm); default %(default)s")
+    add_device_option(parser)
     add("--space", metavar="NAME|PATH",
         help=f"{SPACE_HELP}; only for a checkpoint that does not hold its space (default: the checkpoint's)")
     add("--format", action="append", choices=DEPLOY_FORMATS, default=[], dest="formats",
@@ -65,13 +64,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from nas.export import export_subnet  # torch-heavy: only when exporting
-    from nas.options import torch_threads
+    from nas.export.subnet import ExportConfig, export_subnet  # torch-heavy: only when exporting
 
-    with torch_threads(args.threads):
-        meta = export_subnet(args.supernet, args.arch, args.out, data=args.data, holdout=args.holdout,
-                             batch_size=args.batch_size, device=args.device, space=args.space, force=args.force,
-                             console=Console(stderr=True), formats=tuple(dict.fromkeys(args.formats)))
+    meta = export_subnet(config_from_args(ExportConfig, args), console=Console(stderr=True))
     if args.json:
         print(json.dumps({"out": str(args.out), **meta}, indent=2))
     else:
@@ -80,7 +75,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def _print_table(args: argparse.Namespace, meta: dict) -> None:
-    from nas.export import format_points
+    from nas.units import percent
     from nas.units import human
 
     measured = meta["measured"]
@@ -89,7 +84,7 @@ def _print_table(args: argparse.Namespace, meta: dict) -> None:
     table.add_column()
     table.add_row("arch", f"{meta['arch_hash']} (space {meta['space']})")
     table.add_row("MACs / params", f"{human(meta['macs'])} / {human(meta['params'])}")
-    table.add_row("inherited top-1", f"{format_points(meta['inherited_top1'])} on the {measured['images']:,} "
+    table.add_row("inherited top-1", f"{percent(meta['inherited_top1'])} on the {measured['images']:,} "
                                      f"held-out train images of {measured['data']} (holdout seed "
                                      f"{measured['holdout_seed']}; size: {measured['holdout_from']})")
     if measured["trained_on"]:

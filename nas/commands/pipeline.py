@@ -9,6 +9,7 @@ from pathlib import Path
 
 from nas.commands import SPACE_HELP, hint
 from nas.commands.evolve import budget
+from nas.options import add_device_option
 
 DESCRIPTION = """From data to a shipped model in one command: train the supernet (nas train-supernet),
 search it under the budget (nas evolve), export the found arch (nas export) and check it (nas eval),
@@ -59,8 +60,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add("--threads", type=int, default=DEFAULTS["threads"], metavar="N",
         help="torch threads of every stage and of the latency runs; 0 = torch's default, recorded as its count "
              "(default 0)")
-    add("--device", choices=("auto", "cpu", "cuda"), default=DEFAULTS["device"],
-        help="device of the stages (latency is always measured on the CPU); default auto")
+    add_device_option(parser, DEFAULTS["device"], "device of the stages (latency is always measured on the CPU); "
+                                                  "default auto")
     add("--random", type=int, default=DEFAULTS["random"], metavar="N",
         help="random archs under the budget in the comparison (default %(default)s)")
     add("--retrain-from", choices=("inherited", "scratch"), default=DEFAULTS["retrain_from"],
@@ -89,8 +90,15 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from nas.interrupts import Stopped
-    from nas.pipeline.options import (PipelineConfig, check_budget, default_budget, parse_set, read_sections,
-                                      resolve_stages, save_or_check)
+    from nas.pipeline.options import (
+        PipelineConfig,
+        check_budget,
+        default_budget,
+        parse_set,
+        read_sections,
+        resolve_stages,
+        save_or_check,
+    )
     from nas.pipeline.report import REPORT_HTML, REPORT_MD, write_report
     from nas.pipeline.stages import Pipeline, StageEnded
 

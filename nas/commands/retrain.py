@@ -5,7 +5,7 @@ import argparse
 import shlex
 
 from nas.commands.train_supernet import add_training_options, resolve_config
-from nas.train_config import RetrainConfig
+from nas.train.config import RetrainConfig
 
 DEFAULTS = RetrainConfig()
 DESCRIPTION = f"""Train the standalone network of an arch (a NasViT, no supernet) from scratch, or
@@ -61,8 +61,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.retrain import retrain  # torch-heavy: only when training
-    from nas.training_loop import run_training_command
+    from nas.train.retrain import retrain  # torch-heavy: only when training
+    from nas.commands.training import run_training_command
 
     cfg = resolve_config(args, RetrainConfig)
 

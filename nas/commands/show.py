@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 from nas.commands import hint
-from nas.run_folders import summarize
-from nas.units import human
+from nas.commands.run_summary import summarize
+from nas.units import human, percent
 
 DESCRIPTION = """Summarise a run folder of any command: what it is (supernet training, retrain, search,
 export; told by its files), how far it got (steps of the total, candidates evaluated of those
@@ -101,15 +101,11 @@ def _best_rows(summary: dict) -> list[tuple[str, str]]:
     if not best:
         return []
     if summary["kind"] == "search":
-        return [("best", f"{_pct(best.get('top1'))} top-1, {human(best['macs'])} MACs, {human(best['params'])} "
+        return [("best", f"{percent(best.get('top1'))} top-1, {human(best['macs'])} MACs, {human(best['params'])} "
                          f"params: {best.get('file')}")]
     rows = []
     for name, figures in best.items():
         where = f" on {figures['images']:,} {figures['split']} images" if figures.get("images") else ""
         macs = f", {human(figures['macs'])} MACs" if figures.get("macs") else ""
-        rows.append((name, f"{_pct(figures.get('top1'))}{where}{macs}"))
+        rows.append((name, f"{percent(figures.get('top1'))}{where}{macs}"))
     return rows
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.2f}%"

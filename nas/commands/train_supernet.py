@@ -11,10 +11,10 @@ from pathlib import Path
 import yaml
 
 from nas.commands import SPACE_HELP
-from nas.options import DATA_HELP, add_threads_option
+from nas.options import DATA_HELP, add_device_option, add_threads_option
 from nas.run_folders import CHECKPOINT, suggested_budget
-from nas.samplers import SAMPLERS
-from nas.train_config import AMP_MODES, RunConfig, TrainConfig, load_config
+from nas.train.arch_samplers import SAMPLERS
+from nas.train.config import AMP_MODES, RunConfig, TrainConfig, load_config
 
 DEFAULTS = TrainConfig()
 DESCRIPTION = """Train the supernet of a search space with single-path one-shot (SPOS): every step
@@ -67,7 +67,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def add_training_options(parser: argparse.ArgumentParser, defaults: RunConfig, *, lr: str, ema: str, seed: str,
                          holdout: str) -> None:
-    """The options of `nas.training_loop` (the fields of RunConfig); the help of those whose meaning depends on
+    """The options of `nas.train.loop` (the fields of RunConfig); the help of those whose meaning depends on
     the command is given."""
     add = parser.add_argument
     add("--data", metavar="SOURCE", help=f"{DATA_HELP} (default {defaults.data})")
@@ -104,7 +104,7 @@ def add_training_options(parser: argparse.ArgumentParser, defaults: RunConfig, *
     add("--workers", type=int, help="data loader worker processes (default 0)")
     add("--log-every", type=int, help=f"steps between lines of metrics.jsonl (default {defaults.log_every})")
     add("--tensorboard", action="store_true", default=None, help="also log to OUT/tensorboard")
-    add("--device", choices=("auto", "cpu", "cuda"), help="auto: CUDA if available, else CPU (default auto)")
+    add_device_option(parser, default=None)
     add_threads_option(parser, help="torch threads per process; the figures depend on it, so config.yaml records "
                                     "the count and --resume uses it again; 0 = torch's default (default 0)")
 
@@ -138,7 +138,7 @@ def saved_options(out: Path) -> tuple[dict, str]:
         damage = f"unreadable ({type(exc).__name__})"
     if damage is None:
         return options, repr(str(saved))
-    from nas.checkpoint import load_checkpoint  # torch-heavy: only for a damaged run folder
+    from nas.train.checkpoint import load_checkpoint  # torch-heavy: only for a damaged run folder
 
     checkpoint = out / CHECKPOINT
     if damage == "missing" and not checkpoint.exists():
@@ -152,8 +152,8 @@ def saved_options(out: Path) -> tuple[dict, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.train_supernet import train_supernet  # torch-heavy: only when training
-    from nas.training_loop import run_training_command
+    from nas.train.supernet import train_supernet  # torch-heavy: only when training
+    from nas.commands.training import run_training_command
 
     cfg = resolve_config(args)
 

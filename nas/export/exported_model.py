@@ -20,10 +20,9 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from nas.atomic_files import atomic_folder
+from nas.atomic_files import atomic_folder, file_sha256
 from nas.cost_model import arch_cost
 from nas.run_folders import ARCH_FILE, META_FILE, WEIGHTS_FILE
-from nas.trained_supernet import file_sha256
 from search_spaces import Arch, SearchSpace, load_arch
 from supernets.nas_vit import NasViT, pretrained_cfg
 
@@ -63,7 +62,7 @@ def model_meta(arch: Arch, space: SearchSpace, num_classes: int, arch_file: str 
 
 def write_exported(folder: str | Path, model: NasViT, meta: dict, formats: tuple[str, ...] = ()) -> dict:
     """Write the folder with its three files, and the model in each deployment format of `formats`
-    (`nas.deploy`: each checked against the PyTorch output), replacing the folder at `folder` (if any) as a whole:
+    (`nas.export.deploy`: each checked against the PyTorch output), replacing the folder at `folder` (if any) as a whole:
     a crash leaves the old folder or the new one. Returns meta.json as written: `meta`, `weights_sha256` and, per
     format, its file and its largest output difference from PyTorch."""
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
@@ -73,7 +72,10 @@ def write_exported(folder: str | Path, model: NasViT, meta: dict, formats: tuple
         (tmp / ARCH_FILE).write_bytes(model.arch.to_yaml().encode())
         (tmp / WEIGHTS_FILE).write_bytes(weights)
         if formats:
-            from nas.deploy import FORMAT_FILES, write_format  # torch.export and the ONNX exporter: only when asked
+            from nas.export.deploy import (  # torch.export and the ONNX exporter: only when asked
+                FORMAT_FILES,
+                write_format,
+            )
 
             cpu_model = copy.deepcopy(model).cpu().eval()  # the formats are checked on the CPU
             meta["formats"] = {fmt: {"file": FORMAT_FILES[fmt],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from nas.exported_model import read_exported
+from nas.export.exported_model import read_exported
 
 WARMUP_RUNS = 10  # the first passes allocate and pick kernels
 TIMED_RUNS = 50

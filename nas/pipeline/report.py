@@ -21,12 +21,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from nas.atomic_files import atomic_write
-from nas.exported_model import read_meta
+from nas.export.exported_model import read_meta
 from nas.pipeline import baselines
 from nas.pipeline.options import CONFIG_FILE
 from nas.pipeline.stages import EVAL_FILE, FINAL_EVAL, LATENCY_FILE, STAGES_FILE, Layout
 from nas.run_folders import PIPELINE_REPORT
-from nas.units import human
+from nas.units import human, percent
 
 REPORT_MD, REPORT_HTML, CURVE_FILE = "report.md", PIPELINE_REPORT, "training_curve.png"
 SECTIONS = ("What was run", "Supernet training", "Search", "Found arch against baselines", "Reuse the model")
@@ -92,9 +92,6 @@ class _Facts:
 
 
 # ------------------------------------------------------------------------------------------------------ content
-
-def _pct(value: float) -> str:
-    return f"{100 * value:.2f}%"
 
 
 def _budget(cfg: dict) -> str:
@@ -166,8 +163,8 @@ def _training(facts: _Facts, curve: bytes) -> list[tuple]:
             f"{train['batch_size']}), lr {train['lr']:g}. Loss of the sampled subnets per logged window; the dashed "
             f"line is the loss of a uniform guess (ln {facts.num_classes} = {math.log(facts.num_classes):.2f}).")
     if largest and smallest:
-        text += (f" Inherited val top-1 at the end: largest subnet {_pct(largest['top1'])} "
-                 f"({human(largest['macs'])} MACs), smallest {_pct(smallest['top1'])} "
+        text += (f" Inherited val top-1 at the end: largest subnet {percent(largest['top1'])} "
+                 f"({human(largest['macs'])} MACs), smallest {percent(smallest['top1'])} "
                  f"({human(smallest['macs'])} MACs).")
     return [("h2", SECTIONS[1]), ("img", "supernet training loss", CURVE_FILE, curve), ("p", text)]
 
@@ -182,12 +179,12 @@ def _search(facts: _Facts) -> list[tuple]:
     elif ev.get("difference") is not None:
         check = f"`nas eval` of its export differs by {100 * ev['difference']:+.2f} points"
     else:
-        check = f"`nas eval` of its export measured {_pct(ev['top1'])}"
+        check = f"`nas eval` of its export measured {percent(ev['top1'])}"
     text = (f"Evolution (SPOS) under {_budget(cfg)}: {_n(len(facts.candidates), 'candidate')} in "
             f"{_n(generations, 'generation')} (population {evolve.get('population', '-')}, "
             f"{evolve.get('mutations', '-')} mutated and {evolve.get('crossovers', '-')} crossed-over children per "
             f"generation); fitness: inherited top-1 on {meta['measured']['images']} held-out train images. Found arch "
-            f"`{found.arch}`: {_pct(found.inherited)} at {human(found.macs)} MACs; {check} "
+            f"`{found.arch}`: {percent(found.inherited)} at {human(found.macs)} MACs; {check} "
             f"({ev.get('images')} images).")
     png = (facts.paths.search / "search.png").read_bytes()
     return [("h2", SECTIONS[2]), ("img", "search: inherited top-1 against MACs", "search/search.png", png),
@@ -213,7 +210,7 @@ def _recipe(facts: _Facts) -> str:
 
 def _comparison_table(facts: _Facts, chance: float) -> tuple[tuple, list[tuple]]:
     header = ("arch", "role", "MACs", "params", "inherited top-1", "retrained top-1", "CPU latency")
-    rows = [(f"`{c.arch}`", c.role, human(c.macs), human(c.params), _pct(c.inherited), _pct(c.retrained),
+    rows = [(f"`{c.arch}`", c.role, human(c.macs), human(c.params), percent(c.inherited), percent(c.retrained),
              f"{c.latency_ms:.2f} ms") for c in facts.compared]
     rows.append(("chance", "a uniform guess", "", "", f"{chance:.2f}%", f"{chance:.2f}%", ""))
     return header, rows
@@ -226,12 +223,12 @@ def _verdict(facts: _Facts) -> str:
     tail = f" It beats {beaten} of the {_n(len(randoms), 'random arch')} under the budget." if randoms else ""
     if facts.found_is_biggest:
         return (f"The found arch is itself the biggest arch under the budget that the search saw, so there is no "
-                f"separate biggest-under-budget baseline; retrained, it reaches {_pct(found.retrained)}.{tail}")
+                f"separate biggest-under-budget baseline; retrained, it reaches {percent(found.retrained)}.{tail}")
     biggest = next(c for c in others if c.name == "biggest")
     difference = 100 * (found.retrained - biggest.retrained)
     verb = "**beats**" if difference > 0 else "**does not beat**"
-    return (f"After retraining, the found arch {verb} the biggest arch under the budget: {_pct(found.retrained)} "
-            f"against {_pct(biggest.retrained)} val top-1 ({difference:+.2f} points; one val image is "
+    return (f"After retraining, the found arch {verb} the biggest arch under the budget: {percent(found.retrained)} "
+            f"against {percent(biggest.retrained)} val top-1 ({difference:+.2f} points; one val image is "
             f"{100 / facts.val_images:.2f} points).{tail}")
 
 
@@ -239,10 +236,10 @@ def _reuse(facts: _Facts, found: Compared, command: str) -> list[tuple]:
     paths, classes = facts.paths, facts.num_classes
     retrained = paths.retrain / "found" / "model"
     python = (f'import timm\nimport nas  # noqa: F401  registers "nas_vit" with timm\n\n'
-              f'# the found arch with its retrained weights ({_pct(found.retrained)} val top-1)\n'
+              f'# the found arch with its retrained weights ({percent(found.retrained)} val top-1)\n'
               f'model = timm.create_model("nas_vit", arch="{retrained / "arch.yaml"}", num_classes={classes},\n'
               f'                          checkpoint_path="{retrained / "model.safetensors"}").eval()\n'
-              f'# its inherited supernet weights ({_pct(found.inherited)} on the held-out images) instead:\n'
+              f'# its inherited supernet weights ({percent(found.inherited)} on the held-out images) instead:\n'
               f'inherited = timm.create_model("nas_vit", arch="{paths.model / "arch.yaml"}", num_classes={classes},\n'
               f'                              checkpoint_path="{paths.model / "model.safetensors"}").eval()')
     holdout = facts.train_cfg["holdout"]

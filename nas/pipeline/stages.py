@@ -31,7 +31,7 @@ from rich.console import Console
 from nas import cli
 from nas.atomic_files import atomic_write
 from nas.commands import hints_off
-from nas.exported_model import META_FILE, read_meta
+from nas.export.exported_model import META_FILE, read_meta
 from nas.pipeline import baselines
 from nas.pipeline.options import PipelineConfig, accepts, check_parses, stage_argv
 from nas.run_folders import PIPELINE_STAGES, SEARCH_SUMMARY

@@ -20,18 +20,21 @@ from rich.console import Console
 
 from nas.atomic_files import atomic_write
 from nas.cost_model import arch_cost, extreme_arch
-from nas.distributed import resolve_device
-from nas.evolution_sampler import (CLAIM_KEY, OBJECTIVES, WORKER_KEY, EvolutionSampler, fail_dead_trials, heartbeat,
-                                   params_arch)
-from nas.fitness import Fitness
+from nas.data.splits import default_holdout, fitness_split
 from nas.interrupts import Stopped, signals_deferred
-from nas.search_report import Candidate, candidates, print_table, write_outputs
-from nas.options import HEARTBEAT_S, torch_threads
+from nas.options import FITNESS_BATCH_SIZE, HEARTBEAT_S, torch_threads
 from nas.progress import ProgressBars
 from nas.run_folders import SEARCH_SUMMARY
-from nas.search_study import open_storage, open_study, repair_journal
-from nas.trained_supernet import default_holdout, fitness_split, load_trained_supernet
-from nas.units import human
+from nas.search.candidates import Candidate, candidates
+from nas.search.fitness import Fitness
+from nas.search.optuna_adapter import generation_key, trial_id
+from nas.search.report import print_table, write_outputs
+from nas.search.sampler import CLAIM_KEY, OBJECTIVES, EvolutionSampler, params_arch
+from nas.search.study import open_storage, open_study, repair_journal
+from nas.search.workers import WORKER_KEY, fail_dead_trials, heartbeat
+from nas.train.distributed import resolve_device
+from nas.train.trained_supernet import load_trained_supernet
+from nas.units import human, percent
 from search_spaces import Arch
 
 WAIT_NOTICE_S = 60.0  # a worker that waits this long on others says on which trials
@@ -58,7 +61,7 @@ class EvolveConfig:
     space: str | None = None  # only for a checkpoint that does not hold its space
     data: str | None = None  # default: the supernet run's data
     holdout: int | None = None  # default: the images the supernet run held out, else DEFAULT_HOLDOUT
-    batch_size: int = 250
+    batch_size: int = FITNESS_BATCH_SIZE
     device: str = "auto"
     threads: int = 0  # torch threads; 0 = torch's default
     heartbeat: int = HEARTBEAT_S  # RDB storages: seconds between heartbeats of a running trial
@@ -211,7 +214,7 @@ def _search_loop(study: optuna.Study, sampler: EvolutionSampler, console: Consol
     evaluated, waiting_since, noticed = 0, None, False
     with _GenerationBars(console, sampler, generations) as bars:
         while True:
-            progress = sampler.progress(study)
+            progress = sampler.generation_state(study)
             bars.update(study, progress)
             if progress.plan is None:
                 return evaluated
@@ -225,7 +228,7 @@ def _search_loop(study: optuna.Study, sampler: EvolutionSampler, console: Consol
                 continue
             waiting_since, noticed = None, False
             trial = study.ask()
-            with heartbeat(study, trial._trial_id):
+            with heartbeat(study, trial_id(study, trial)):
                 try:
                     trial.relative_params  # optuna samples lazily: this runs the sampler, which claims an arch
                     arch = sampler.claimed(trial.number)
@@ -248,7 +251,7 @@ def _write_report(study: optuna.Study, sampler: EvolutionSampler, cfg: EvolveCon
                   complete: bool) -> list[Candidate]:
     """OUT/best.yaml, candidates.csv, search.png and search.json of what the study has evaluated (nothing when it
     has not); `complete`: the search is over."""
-    rows = candidates(study, sampler.space, sampler._get_generation_key())
+    rows = candidates(study, sampler.space, generation_key(sampler))
     if rows:
         seen = max(c.generation for c in rows) + 1
         title = (f"{sampler.space.name}, {_budget_text(cfg)}: {len(rows)} candidates in {seen} of "
@@ -334,7 +337,7 @@ class _GenerationBars:
 
     def update(self, study: optuna.Study, progress) -> None:
         """Bar g: its share of the plan done, the best so far up to g, the mean of g, counts up to g."""
-        key = self.sampler._get_generation_key()
+        key = generation_key(self.sampler)
         complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         scored = [(t.system_attrs.get(key), t.values[0]) for t in complete if t.system_attrs.get(CLAIM_KEY)]
         for g in range(min(progress.generation, self.generations - 1) + 1):
@@ -345,13 +348,9 @@ class _GenerationBars:
                 continue
             upto = [v for gen, v in scored if gen <= g]
             values = [v for gen, v in scored if gen == g]
-            fields = dict(gen=g, of=self.generations, best=_pct(max(upto, default=None)),
-                          mean=_pct(np.mean(values) if values else None), evaluated=len(upto),
+            fields = dict(gen=g, of=self.generations, best=percent(max(upto, default=None)),
+                          mean=percent(np.mean(values) if values else None), evaluated=len(upto),
                           rejected=sum(self.sampler.plan(study, h).rejected for h in range(g + 1)))
             if g not in self.tasks:
                 self.tasks[g] = self.progress.add(len(plan.archs), len(values), **fields)
             self.progress.update(self.tasks[g], len(values), **fields)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"

@@ -6,8 +6,8 @@ import time
 import torch
 from torch.utils.data import Dataset
 
-from nas.data import make_loader
-from nas.evaluate import BN_RECALIBRATION_BATCHES, recalibrate_batchnorm, top1
+from nas.data.loaders import make_loader
+from nas.train.accuracy import BN_RECALIBRATION_BATCHES, recalibrate_batchnorm, top1
 from search_spaces import Arch
 from supernets.elastic_ops import ElasticBatchNorm2d
 from supernets.supernet import Supernet

@@ -8,7 +8,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from nas.search_report import Candidate, pareto_front
+from nas.search.candidates import Candidate, pareto_front
 from nas.units import human
 
 

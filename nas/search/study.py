@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
-from optuna.storages import BaseStorage, RDBStorage
-from optuna.trial import FrozenTrial
 from optuna.exceptions import ExperimentalWarning
+from optuna.storages import BaseStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
+from optuna.trial import FrozenTrial
 
 from nas.interrupts import signals_deferred
 from nas.options import HEARTBEAT_S

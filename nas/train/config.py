@@ -15,7 +15,8 @@ from typing import Callable, ClassVar
 import yaml
 
 from nas.atomic_files import atomic_write
-from nas.samplers import SAMPLERS
+from nas.options import DEVICES
+from nas.train.arch_samplers import SAMPLERS
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 SEEDS = 2 ** 32  # seeds are in [0, SEEDS): torch's generators take (seed x 1000003 + step) < 2 ** 64
@@ -66,8 +67,8 @@ class RunConfig:
         self.require("ema", lambda value: 0 <= value < 1, "in [0, 1) (the decay of the EMA; 0 = off)")
         if self.amp not in AMP_MODES:
             raise ValueError(f"--amp {self.amp!r}: choose from {list(AMP_MODES)}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"--device {self.device!r}: choose from ['auto', 'cpu', 'cuda']")
+        if self.device not in DEVICES:
+            raise ValueError(f"--device {self.device!r}: choose from {list(DEVICES)}")
         return self
 
     def require(self, name: str, allowed: Callable[[float], bool], what: str) -> None:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shlex
-import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -30,18 +28,18 @@ from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from nas import distributed
 from nas.atomic_files import atomic_write, remove_stale_temps
-from nas.checkpoint import load_checkpoint, save_checkpoint
-from nas.commands import hint
 from nas.cost_model import arch_cost
-from nas.data import Datasets, holdout_split, make_loader, train_subset
-from nas.distributed import Runtime
+from nas.data.datasets import Datasets
+from nas.data.loaders import make_loader
+from nas.data.splits import HOLDOUT_SEED, holdout_split, load_data, train_subset
 from nas.interrupts import Stopped, signals_deferred
 from nas.progress import ProgressBars
 from nas.run_folders import CHECKPOINT, CONFIG, METRICS
-from nas.train_config import RunConfig
-from nas.trained_supernet import HOLDOUT_SEED, load_data
+from nas.train import distributed
+from nas.train.checkpoint import load_checkpoint, save_checkpoint
+from nas.train.config import RunConfig
+from nas.train.distributed import Runtime
 from nas.units import human
 from search_spaces import Arch, SearchSpace
 
@@ -50,22 +48,6 @@ distillation = SoftTargetCrossEntropy()  # a student's loss against its teacher'
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left in place."""
-
-
-def run_training_command(train: Callable, config, prog: str, next_step: Callable[[object], str]) -> int:
-    """Run `train(config, results=...)` for a command, its result table on stdout, then say on stderr what to run
-    next (`next_step(result)`, on the main process): status 1 and one line when the loss diverged. The process group
-    of a torchrun launch is always destroyed: gloo's threads left to the interpreter's exit can abort a rank."""
-    try:
-        result = train(config, results=Console())
-    except TrainingDiverged as exc:
-        print(f"{prog}: stopped: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        distributed.teardown()
-    if os.environ.get("RANK", "0") == "0":  # torchrun's other ranks stay quiet
-        hint(next_step(result))
-    return 0
 
 
 @dataclass
@@ -101,7 +83,7 @@ class LoopResult:
 def load_training_data(cfg: RunConfig, img_size: int, num_classes: int,
                        world_size: int) -> tuple[Datasets, int]:
     """The run's datasets, whose `train` is the train set less the `cfg.holdout` held-out images (the split of
-    `nas.trained_supernet.fitness_split`, which `nas evolve` and `nas export` rank subnets on), then, with
+    `nas.data.splits.fitness_split`, which `nas evolve` and `nas export` rank subnets on), then, with
     `cfg.train_subset`, a fixed subset of the rest (taken after the split, so that the held-out images stay the same
     whatever the subset), and the number of steps per epoch. ValueError naming --holdout, --train-subset or
     --batch-size when they leave nothing to train on."""

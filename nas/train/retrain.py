@@ -1,6 +1,6 @@
 """Retraining the standalone network of an arch (`nas retrain`): from scratch, or fine-tuned from an export folder.
 
-The loop is `nas.training_loop`'s, the one `nas train-supernet` runs, so the options, checkpoints, resume, DDP,
+The loop is `nas.train.loop`'s, the one `nas train-supernet` runs, so the options, checkpoints, resume, DDP,
 NaN stop and logs are the same. What differs: the network is a `NasViT` (every step trains its one arch, with a
 plain AdamW step), and at the end its val top-1 is measured and the result is written as an export folder
 (OUT/model) that `nas eval` and `read_exported` load.
@@ -16,21 +16,19 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from nas import distributed
 from nas.atomic_files import atomic_write
-from nas.data import make_loader
-from nas.evaluate import top1
-from nas.export import canonical_data
-from nas.exported_model import ARCH_FILE, ExportedModel, model_meta, read_exported, write_exported
+from nas.data.loaders import make_loader
+from nas.data.source import canonical_data
+from nas.export.exported_model import ARCH_FILE, ExportedModel, model_meta, read_exported, write_exported
 from nas.options import torch_threads
 from nas.run_folders import FINAL_EVAL, MODEL_FOLDER
-from nas.train_config import RetrainConfig
-from nas.training_loop import (CHECKPOINT, Trainee, final_evaluation, load_training_data, make_optimizer,
-                                train_loop)
+from nas.train import distributed
+from nas.train.accuracy import top1
+from nas.train.config import RetrainConfig
+from nas.train.loop import CHECKPOINT, Trainee, final_evaluation, load_training_data, make_optimizer, train_loop
 from nas.units import human
 from search_spaces import Arch, SearchSpace, load_arch
 from supernets.nas_vit import NasViT
-
 
 
 @dataclass
@@ -42,7 +40,7 @@ class RetrainResult:
     model: Path | None  # its export folder (None when stopped early)
 
 
-def resolve_arch(cfg: RetrainConfig) -> tuple[Arch, SearchSpace, ExportedModel | None]:
+def arch_to_retrain(cfg: RetrainConfig) -> tuple[Arch, SearchSpace, ExportedModel | None]:
     """The arch (from --arch, else INIT/arch.yaml), its space, and the export folder of --init (None without it,
     or when resuming: the checkpoint holds the weights). ValueError when --arch and --init are different networks."""
     try:
@@ -77,7 +75,7 @@ def retrain(cfg: RetrainConfig, console: Console | None = None, clock=time.monot
 
 
 def _train_and_export(cfg: RetrainConfig, console: Console, clock, results: Console) -> RetrainResult:
-    arch, space, init = resolve_arch(cfg)
+    arch, space, init = arch_to_retrain(cfg)
     if not cfg.arch:
         cfg.arch = str(Path(cfg.init) / ARCH_FILE)  # config.yaml names the arch file a resume reads
     runtime = distributed.setup(cfg.device)

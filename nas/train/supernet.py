@@ -1,6 +1,6 @@
 """SPOS supernet training (docs/design.md sections 4, 6 and 7): each step trains the subnet(s) its sampler draws.
 
-The loop is `nas.training_loop`'s (timm's AdamW, cosine schedule with warmup, label smoothing, mixup/cutmix, EMA,
+The loop is `nas.train.loop`'s (timm's AdamW, cosine schedule with warmup, label smoothing, mixup/cutmix, EMA,
 AMP, DDP, checkpoints and resume), shared with `nas retrain`. What is the supernet's: each step trains the arch(s)
 of a sampler, and the step is guarded so that weights outside the step's subnet do not change
 (`SubnetOptimizer`). At the end, the inherited val top-1 of a few subnets.
@@ -17,18 +17,25 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from nas import distributed
 from nas.atomic_files import atomic_write
 from nas.cost_model import arch_cost, extreme_arch
-from nas.data import make_loader
-from nas.evaluate import BN_RECALIBRATION_BATCHES, recalibrate_batchnorm, top1
+from nas.data.loaders import make_loader
 from nas.options import torch_threads
 from nas.run_folders import FINAL_EVAL
-from nas.samplers import build_sampler
-from nas.subnet_optimizer import SubnetOptimizer
-from nas.train_config import TrainConfig
-from nas.training_loop import (CHECKPOINT, Trainee, TrainingDiverged, final_evaluation, load_training_data,
-                                make_optimizer, train_loop)
+from nas.train import distributed
+from nas.train.accuracy import BN_RECALIBRATION_BATCHES, recalibrate_batchnorm, top1
+from nas.train.arch_samplers import build_sampler
+from nas.train.config import TrainConfig
+from nas.train.loop import (
+    CHECKPOINT,
+    Trainee,
+    TrainingDiverged,
+    final_evaluation,
+    load_training_data,
+    make_optimizer,
+    train_loop,
+)
+from nas.train.subnet_optimizer import SubnetOptimizer
 from nas.units import human
 from search_spaces import Arch, load_space
 from supernets.supernet import Supernet

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nas.checkpoint import load_checkpoint, save_checkpoint
+from nas.train.checkpoint import load_checkpoint, save_checkpoint
 
 
 def state() -> dict:

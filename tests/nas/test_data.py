@@ -9,13 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-import nas.data
-from nas.checkpoint import load_checkpoint
+
+import nas.data.source
+from nas.train.checkpoint import load_checkpoint
 from nas.cli import main
-from nas.data import (DATA_HELP, DataSource, holdout_split, load_datasets, make_loader, parse_data, train_subset)
-from nas.train_config import RunConfig
-from nas.trained_supernet import fitness_split
-from nas.training_loop import load_training_data
+from nas.options import DATA_HELP
+from nas.data.source import DataSource, parse_data
+from nas.data.splits import holdout_split, train_subset
+from nas.data.datasets import load_datasets
+from nas.data.loaders import make_loader
+from nas.train.config import RunConfig
+from nas.data.splits import fitness_split
+from nas.train.loop import load_training_data
 from search_spaces import load_space
 
 IMG = 16  # small img_size: every source resizes to it
@@ -480,7 +485,7 @@ def test_fashion_mnist_forms_and_missing_files(tmp_path, monkeypatch):
     """`fashion-mnist` reads the Debian package's folder (patched here: CI lacks the package), `fashion-mnist:DIR`
     another one; missing files name the package that installs them."""
     default = tmp_path / "default"
-    monkeypatch.setattr(nas.data, "FASHION_MNIST_DIR", default)
+    monkeypatch.setattr(nas.data.source, "FASHION_MNIST_DIR", default)
     install = rf"; 'apt-get install dataset-fashion-mnist' puts them in {default}$"
     with pytest.raises(ValueError, match=rf"^--data 'fashion-mnist': no such folder {default}; expected the "
                                          rf"MNIST-format IDX files .*{install}"):
@@ -559,7 +564,7 @@ def test_idx_bad_headers(tmp_path):
         load_datasets(source, IMG)
 
 
-REAL_FASHION_MNIST = nas.data.FASHION_MNIST_DIR
+REAL_FASHION_MNIST = nas.data.source.FASHION_MNIST_DIR
 
 
 @pytest.mark.skipif(not all((REAL_FASHION_MNIST / f"{name}.gz").is_file() for name in IDX_NAMES),

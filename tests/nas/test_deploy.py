@@ -1,10 +1,9 @@
 """Deployable formats of the standalone model: ONNX (run by onnxruntime), a saved torch.export program,
 torch.jit.trace and torch.compile, each equal to the PyTorch output, for archs with BRA stages included."""
-import numpy as np
 import pytest
 import torch
 
-from nas.deploy import ATOL, FORMAT_FILES, example_images, write_format
+from nas.export.deploy import ATOL, FORMAT_FILES, example_images, write_format
 from search_spaces import Arch, StageArch, load_space
 from supernets.nas_vit import NasViT
 

@@ -18,16 +18,19 @@ import yaml
 from rich.console import Console
 from safetensors import safe_open
 
-import nas.export
+import nas.export.measure
 from nas.cli import main
 from nas.cost_model import arch_cost
-from nas.data import load_datasets, make_loader, parse_data
-from nas.evaluate import recalibrate_batchnorm, top1
-from nas.export import load_measurement_data
-from nas.exported_model import read_exported
-from nas.train_config import TrainConfig
-from nas.train_supernet import train_supernet
-from nas.trained_supernet import default_holdout, fitness_split, load_trained_supernet
+from nas.data.datasets import load_datasets
+from nas.data.loaders import make_loader
+from nas.data.source import parse_data
+from nas.data.splits import default_holdout, fitness_split
+from nas.export.exported_model import read_exported
+from nas.export.measure import load_measurement_data
+from nas.train.accuracy import recalibrate_batchnorm, top1
+from nas.train.config import TrainConfig
+from nas.train.supernet import train_supernet
+from nas.train.trained_supernet import load_trained_supernet
 from search_spaces import load_arch, load_space
 from supernets.elastic_ops import ElasticBatchNorm2d
 
@@ -409,7 +412,7 @@ def test_threads_is_the_torch_thread_count_while_measuring_and_restored_after(ln
         seen.append(torch.get_num_threads())
         return top1(*args, **kwargs)
 
-    monkeypatch.setattr(nas.export, "top1", counting_top1)
+    monkeypatch.setattr(nas.export.measure, "top1", counting_top1)
     assert torch.get_num_threads() == 1  # the module's fixture
     _cli_json("eval", str(out), "--device", "cpu", "--threads", "2")
     assert seen == [2] and torch.get_num_threads() == 1

@@ -20,9 +20,9 @@ import torch
 from rich.console import Console
 
 from nas.cli import main
-from nas.exported_model import read_exported, write_exported
-from nas.train_config import TrainConfig
-from nas.train_supernet import train_supernet
+from nas.export.exported_model import read_exported, write_exported
+from nas.train.config import TrainConfig
+from nas.train.supernet import train_supernet
 from search_spaces import load_space
 
 HANG_GUARD_S = 600  # only guards against a hung child; no test depends on how long anything takes
@@ -107,7 +107,7 @@ def test_a_killed_export_force_leaves_the_old_or_the_new_export_never_a_mix(trai
 
 
 @pytest.mark.parametrize("signum, target, nth, outcome", [
-    (signal.SIGINT, "nas.fitness:Fitness.__call__", 1, "old"),  # once the subnet is measured, before any write
+    (signal.SIGINT, "nas.search.fitness:Fitness.__call__", 1, "old"),  # once the subnet is measured, before any write
     (signal.SIGTERM, "os:fsync", 3, "old"),  # its 3 files are in the temp folder, which is not yet in place
     (signal.SIGINT, "os:fsync", 5, "new"),  # the new folder is in place
 ])

@@ -12,7 +12,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from nas.evolution_sampler import CLAIM_KEY, WORKER_KEY
+from nas.search.sampler import CLAIM_KEY
+from nas.search.workers import WORKER_KEY
 from tests.nas.test_evolve import (checkpoint, finish, one_thread, uninterrupted, wait_for,  # noqa: F401 (fixtures)
                                    worker)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nas.cost_model import arch_cost, extreme_arch
-from nas.ranking import bootstrap_interval, correlation_summary, kendall_tau, spearman_rho, stratified_archs
+from nas.search.ranking import bootstrap_interval, correlation_summary, kendall_tau, spearman_rho, stratified_archs
 from search_spaces import load_space
 
 

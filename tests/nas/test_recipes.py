@@ -8,11 +8,11 @@ import torch
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 
 from nas.cost_model import extreme_arch
-from nas.data import make_loader
-from nas.samplers import build_sampler
-from nas.train_config import TrainConfig
-from nas.train_supernet import train_supernet
-from nas.training_loop import load_training_data
+from nas.data.loaders import make_loader
+from nas.train.arch_samplers import build_sampler
+from nas.train.config import TrainConfig
+from nas.train.supernet import train_supernet
+from nas.train.loop import load_training_data
 from search_spaces import load_space
 from supernets.supernet import Supernet
 

@@ -10,14 +10,16 @@ import pytest
 import torch
 import yaml
 
-from nas.checkpoint import load_checkpoint
+from nas.train.checkpoint import load_checkpoint
 from nas.cli import main
 from nas.cost_model import arch_cost
-from nas.data import load_datasets, make_loader, parse_data
-from nas.evaluate import top1
-from nas.exported_model import read_exported, write_exported
-from nas.retrain import retrain
-from nas.train_config import RetrainConfig
+from nas.data.datasets import load_datasets
+from nas.data.loaders import make_loader
+from nas.data.source import parse_data
+from nas.train.accuracy import top1
+from nas.export.exported_model import read_exported, write_exported
+from nas.train.retrain import retrain
+from nas.train.config import RetrainConfig
 from search_spaces import load_arch
 from supernets.nas_vit import NasViT
 

@@ -12,9 +12,9 @@ import pytest
 from optuna.trial import TrialState
 
 from nas.cli import main
-from nas.evolution_sampler import CLAIM_KEY
+from nas.search.sampler import CLAIM_KEY
 from nas.interrupts import Stopped, set_handlers, stop_on_signals
-from nas.search_study import _GuardedLock, open_storage, repair_journal
+from nas.search.study import _GuardedLock, open_storage, repair_journal
 from search_spaces import load_arch
 from tests.nas.test_evolve import (checkpoint, completed, evolve_argv, finish, one_thread,  # noqa: F401 (fixtures)
                                    uninterrupted, wait_for, worker)

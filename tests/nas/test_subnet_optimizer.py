@@ -4,8 +4,8 @@ import pytest
 import torch
 from timm.optim import create_optimizer_v2
 
-from nas.samplers import SandwichSampler
-from nas.subnet_optimizer import SubnetOptimizer
+from nas.train.arch_samplers import SandwichSampler
+from nas.train.subnet_optimizer import SubnetOptimizer
 from search_spaces import load_space
 from supernets.elastic_ops import Elastic
 from supernets.supernet import Supernet

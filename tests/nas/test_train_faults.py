@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import nas.training_loop
-from nas.checkpoint import load_checkpoint
+import nas.train.loop
+from nas.train.checkpoint import load_checkpoint
 from nas.cli import main
 from nas.cost_model import extreme_arch
-from nas.train_config import TrainConfig
-from nas.train_supernet import train_supernet
-from nas.training_loop import signals_deferred
+from nas.train.config import TrainConfig
+from nas.train.supernet import train_supernet
+from nas.train.loop import signals_deferred
 from search_spaces import load_space
 
 HANG = 600  # seconds: only a guard against a hung child; nothing is decided by time
@@ -136,13 +136,13 @@ def test_a_signal_inside_a_deferred_block_waits_for_its_end():
 @pytest.mark.parametrize("minutes, saved", [(2.5, [3, 6, 7]), (0, [7])])
 def test_checkpoints_every_save_minutes_of_the_clock(tmp_path, monkeypatch, minutes, saved):
     steps = []
-    save = nas.training_loop.save_checkpoint
+    save = nas.train.loop.save_checkpoint
 
     def recording(state, path):
         steps.append(state["step"])
         save(state, path)
 
-    monkeypatch.setattr(nas.training_loop, "save_checkpoint", recording)
+    monkeypatch.setattr(nas.train.loop, "save_checkpoint", recording)
     clock = itertools.count(0.0, 60.0).__next__  # one minute later at every reading: one reading per step
     cfg = TrainConfig(out=str(tmp_path), epochs=1, batch_size=64, save_every=100, save_minutes=minutes, stop_after=7,
                       holdout=0)
