@@ -11,7 +11,7 @@ TIMM = "timm"
 
 
 def _register_nas_vit() -> None:
-    import supernets.nas_vit  # noqa: F401  (its @register_model registers timm's "nas_vit")
+    import nas.export.timm_model  # noqa: F401  (its @register_model registers timm's "nas_vit")
 
 
 class _RegisterAfterTimm(importlib.abc.MetaPathFinder):

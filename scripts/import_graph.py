@@ -2,7 +2,8 @@
 
     python scripts/import_graph.py          # prints package -> packages it imports; exit 1 on a module cycle
 
-Every `import` / `from ... import` counts, also those inside functions (a lazy import still ties two modules).
+Every `import` / `from ... import` counts, also those inside functions (a lazy import still ties two modules),
+except under `if TYPE_CHECKING:` (annotations only).
 """
 from __future__ import annotations
 
@@ -19,11 +20,22 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _nodes(tree: ast.AST):
+    """Every node of `tree` except those under `if TYPE_CHECKING:` (imports for annotations only, never run)."""
+    for child in ast.iter_child_nodes(tree):
+        test = child.test if isinstance(child, ast.If) else None
+        if test is not None and (getattr(test, "id", None) or getattr(test, "attr", None)) == "TYPE_CHECKING":
+            yield from (node for other in child.orelse for node in [other, *_nodes(other)])
+            continue
+        yield child
+        yield from _nodes(child)
+
+
 def imports_of(path: Path, modules: set[str]) -> set[str]:
     """The project modules that `path` imports (a `from package import name` of a submodule counts as that
     submodule)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _nodes(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 from timm.layers import DropPath
-from timm.models import build_model_with_cfg, register_model
 from torch import nn
 
 from search_spaces import Arch, SearchSpace, StageArch, load_arch, load_space
@@ -411,10 +410,6 @@ def resolve_arch(arch: Arch | str | Path, space: SearchSpace | str | None = None
     return load_arch(arch, space)
 
 
-MODEL_OPTIONS = ("features_only", "out_indices", "feature_cls",  # handled by timm's build_model_with_cfg
-                 "drop_path_rate")  # NasViT's own
-
-
 def pretrained_cfg(space: SearchSpace, num_classes: int, meta: dict | None = None) -> dict:
     """timm's pretrained_cfg of a model of `space`: input size, classifier, first conv, and what an export's
     meta.json records (the mean and std its images were normalised with)."""
@@ -422,47 +417,3 @@ def pretrained_cfg(space: SearchSpace, num_classes: int, meta: dict | None = Non
                classifier="head.fc", first_conv="stem.conv1", crop_pct=1.0, interpolation="bilinear")
     recorded = (meta or {}).get("pretrained_cfg", {})
     return {**cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items()}}  # JSON has no tuples
-
-
-@register_model
-def nas_vit(pretrained: bool = False, arch: Arch | str | Path | None = None, space: SearchSpace | str | None = None,
-            num_classes: int | None = None, **kwargs) -> NasViT:
-    """timm entry point: `timm.create_model("nas_vit", arch=PATH_OR_ARCH, num_classes=K)`.
-
-    `pretrained=True` with the arch.yaml of an export folder loads that folder's weights (checked against its
-    meta.json); `features_only=True` (with `out_indices`) returns the stage maps, as timm's backbones do."""
-    if arch is None:
-        raise ValueError("nas_vit needs arch=: an arch YAML path or an Arch")
-    folder = None if isinstance(arch, Arch) else _export_folder(Path(arch))
-    if pretrained and folder is None:
-        raise ValueError("nas_vit has no hub weights: pretrained=True loads an export folder's weights, so pass "
-                         "arch='DIR/arch.yaml' of a folder written by 'nas export' (see docs/export.md)")
-    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
-    kwargs.pop("pretrained_cfg", None), kwargs.pop("cache_dir", None)
-    in_chans = kwargs.pop("in_chans", None)
-    unexpected = sorted(set(kwargs) - set(MODEL_OPTIONS))
-    if unexpected:
-        raise ValueError(f"nas_vit got unexpected argument(s) {unexpected}")
-    meta = None
-    if folder is not None:
-        from nas.export.exported_model import check_weights, read_meta  # nas builds on supernets: imported only here
-
-        meta = read_meta(folder)
-        check_weights(folder, meta)  # refuse an export's damaged weights before timm loads them
-        if pretrained:
-            overlay.setdefault("file", str(folder / "model.safetensors"))
-    arch, space = resolve_arch(arch, space)
-    if in_chans not in (None, space.in_chans):
-        raise ValueError(f"nas_vit: in_chans={in_chans}, but the space {space.name!r} has {space.in_chans}")
-    cfg = pretrained_cfg(space, (meta or {}).get("num_classes", space.num_classes), meta)
-    return build_model_with_cfg(
-        NasViT, "nas_vit", pretrained, pretrained_cfg=cfg, pretrained_cfg_overlay=overlay,
-        feature_cfg=dict(out_indices=tuple(range(len(arch.stages))), feature_cls="getter"),
-        kwargs_filter=("in_chans",), arch=arch, space=space,
-        num_classes=cfg["num_classes"] if num_classes is None else num_classes, **kwargs)
-
-
-def _export_folder(arch_file: Path) -> Path | None:
-    """The folder of `arch_file` when it is an export folder (arch.yaml beside model.safetensors and meta.json)."""
-    folder = arch_file.parent
-    return folder if (folder / "meta.json").is_file() and (folder / "model.safetensors").is_file() else None
