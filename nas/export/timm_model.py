@@ -1,16 +1,19 @@
 """timm's entry point of the standalone model: `timm.create_model("nas_vit", arch=...)` (registered by `import nas`).
 
 It lives in nas/, not in supernets/, because `pretrained=True` reads an export folder (`exported_model`): the
-network itself knows nothing of export folders."""
+network itself knows nothing of export folders. It imports the network only when a model is built: `import nas`
+registers it the moment timm is imported, which may be from inside supernets/nas_vit.py."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from timm.models import build_model_with_cfg, register_model
 
-from nas.export.exported_model import check_weights, read_meta
-from search_spaces import Arch, SearchSpace
-from supernets.nas_vit import NasViT, pretrained_cfg, resolve_arch
+if TYPE_CHECKING:
+    from search_spaces import Arch, SearchSpace
+    from supernets.nas_vit import NasViT
 
 MODEL_OPTIONS = ("features_only", "out_indices", "feature_cls",  # handled by timm's build_model_with_cfg
                  "drop_path_rate")  # NasViT's own
@@ -24,6 +27,10 @@ def nas_vit(pretrained: bool = False, arch: Arch | str | Path | None = None, spa
 
     `pretrained=True` with the arch.yaml of an export folder loads that folder's weights (checked against its
     meta.json); `features_only=True` (with `out_indices`) returns the stage maps, as timm's backbones do."""
+    from nas.export.exported_model import check_weights, read_meta
+    from search_spaces import Arch
+    from supernets.nas_vit import NasViT, pretrained_cfg, resolve_arch
+
     if arch is None:
         raise ValueError("nas_vit needs arch=: an arch YAML path or an Arch")
     folder = None if isinstance(arch, Arch) else _export_folder(Path(arch))
