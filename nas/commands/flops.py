@@ -13,6 +13,7 @@ from nas.commands import SPACE_HELP, hint
 from nas.cost_model import arch_cost_breakdown
 from nas.units import human
 from search_spaces import load_arch
+from search_spaces.presets import preset_names, preset_path
 
 DESCRIPTION = """Count the MACs and params of one image through an arch, with a breakdown over
 stem, stages 1-4 (with the side of their token map) and head. The arch is
@@ -21,14 +22,19 @@ EXAMPLE = """MACs are multiply-accumulates (1 MAC = 2 FLOPs), as quoted by most 
 
 example:
   nas flops archs/arch_000.yaml
-  nas flops archs/arch_000.yaml --space my_space.yaml --json"""
+  nas flops archs/arch_000.yaml --space my_space.yaml --json
+  nas flops --preset biformer-t     # the closest arch of unified-224 to a published model"""
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("flops", help="MACs and params of an arch, per stem / stage / head",
                                    description=DESCRIPTION,
                                    epilog=EXAMPLE)
-    parser.add_argument("arch", type=Path, metavar="ARCH.yaml", help="arch YAML file (as written by 'nas sample')")
+    parser.add_argument("arch", type=Path, metavar="ARCH.yaml", nargs="?",
+                        help="arch YAML file (as written by 'nas sample'); or give --preset")
+    parser.add_argument("--preset", metavar="NAME", choices=preset_names(),
+                        help=f"a published model's closest arch of unified-224 instead of ARCH.yaml: "
+                             f"{', '.join(preset_names())} (docs/presets.md)")
     parser.add_argument("--space", metavar="NAME|PATH",
                         help=f"{SPACE_HELP}; default: the space the arch file names")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -37,6 +43,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
+    if (args.arch is None) == (args.preset is None):
+        raise ValueError("give an arch file ARCH.yaml or --preset NAME (one of them)")
+    if args.preset:
+        args.arch = preset_path(args.preset)
     arch, space = load_arch(args.arch, args.space)
     cost = arch_cost_breakdown(arch, space)
     if args.json:

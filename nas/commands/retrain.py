@@ -6,6 +6,7 @@ import shlex
 
 from nas.commands.train_supernet import add_training_options, resolve_config
 from nas.train.config import RetrainConfig
+from search_spaces.presets import preset_names, preset_path
 
 DEFAULTS = RetrainConfig()
 DESCRIPTION = f"""Train the standalone network of an arch (a NasViT, no supernet) from scratch, or
@@ -40,6 +41,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add("-c", "--config", metavar="RUN.yaml", help="a YAML file of options (the defaults for this run)")
     add("--arch", metavar="ARCH.yaml", help="the arch to train (from 'nas evolve', 'nas sample' or an export "
                                             "folder); default: INIT/arch.yaml")
+    add("--preset", metavar="NAME", choices=preset_names(),
+        help=f"train a published model's closest arch of unified-224 instead of --arch: {', '.join(preset_names())} "
+             f"(docs/presets.md); the baselines a search result is compared against")
     add("--init", metavar="DIR", help="an export folder (arch.yaml, model.safetensors, meta.json) whose weights "
                                       "the network starts from; its arch must be --arch's. Default: from scratch "
                                       "(random weights from --seed)")
@@ -61,9 +65,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.train.retrain import retrain  # torch-heavy: only when training
     from nas.commands.training import run_training_command
+    from nas.train.retrain import retrain  # torch-heavy: only when training
 
+    if args.preset:
+        if args.arch:
+            raise ValueError(f"--preset {args.preset!r} and --arch {args.arch!r}: give one of them")
+        args.arch = str(preset_path(args.preset))
     cfg = resolve_config(args, RetrainConfig)
 
     def next_step(result) -> str:
