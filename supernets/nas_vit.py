@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from timm.layers import DropPath
+from timm.layers import DropPath, trunc_normal_
 from torch import nn
 
 from search_spaces import Arch, SearchSpace, StageArch, load_arch, load_space
@@ -293,6 +293,16 @@ class Head(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
+def init_linear(module: nn.Module) -> None:
+    """timm's ViT initialisation of linear layers: weights trunc_normal(std 0.02), biases zero (PyTorch's default
+    scales with the fan-in, which gives the wide layers of a supernet much smaller weights than the narrow ones).
+    Convs and norms keep PyTorch's defaults, as in timm's ViTs."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
 class NasViT(nn.Module):
     """The network of one arch. Built with `PLAIN_OPS` (default) it is the standalone exported model.
 
@@ -318,6 +328,7 @@ class NasViT(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.num_features = self.head_hidden_size = c_in
         self.head = Head(c_in, self.num_classes, ops)
+        self.apply(init_linear)
 
     def forward_features(self, x):  # (B, 3, H, W) -> (B, C_4, H_4, W_4)
         x = self.stem(x)
@@ -340,6 +351,7 @@ class NasViT(nn.Module):
             raise ValueError(f"nas_vit pools by the mean of its tokens; global_pool={global_pool!r} is not supported")
         self.num_classes = num_classes
         self.head.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head.fc.apply(init_linear)
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | tuple[int, ...] | None = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
