@@ -56,6 +56,8 @@ def _genes_table(space: SearchSpace) -> Table:
         "attn": [_choices(s.attn) for s in space.stages],
         "topk (bra)": [_choices(s.topk) for s in space.stages],
         "regions (bra)": [_choices(s.regions) for s in space.stages],
+        "window (ipsa, cpsa)": [_choices(s.window) for s in space.stages],
+        "mixer": [_choices(s.mixer) for s in space.stages],
         "mlp_ratio": [_choices(s.mlp_ratio) for s in space.stages],
     }
     for gene, cells in rows.items():
