@@ -127,7 +127,7 @@ def test_a_stopped_export_exits_with_one_line_and_leaves_no_partial_folder(train
 
 def test_a_stopped_eval_exits_with_one_line(trained):
     _, _, new = trained
-    child = _run_child("nas.export:top1", 1, signal.SIGTERM, ["eval", str(new), "--device", "cpu"])
+    child = _run_child("nas.export.measure:top1", 1, signal.SIGTERM, ["eval", str(new), "--device", "cpu"])
     assert child.returncode == 143 and child.stdout == "", child.stderr
     assert child.stderr.strip() == ("nas eval: stopped by SIGTERM; nothing was written (nas eval only reads the "
                                     "folder); rerun the same command to measure")

@@ -85,7 +85,9 @@ def test_the_active_slice_moves_exactly_as_plain_adamw_on_the_exported_model(tin
             # zero true gradient (softmax ignores a per-query constant): Adam normalises float noise
             # into lr-sized steps there, differently for sliced and contiguous matmuls
             continue
-        torch.testing.assert_close(exported[name], value, atol=1e-6, rtol=1e-5)
+        # float rounding of sliced vs contiguous matmuls, through Adam's normalisation: ~1e-6 on a few entries;
+        # a guard fault (an unused entry stepped, an entry stepped twice) moves entries by ~lr = 1e-2
+        torch.testing.assert_close(exported[name], value, atol=1e-5, rtol=1e-5)
 
 
 def test_optimizer_state_checkpoints_and_unsupported_optimizers_are_refused():
