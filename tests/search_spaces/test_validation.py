@@ -27,7 +27,7 @@ UNIFIED_ARCH = {"space": "unified-224", "stages": [
     {"pool": 2, "dim": 64, "paths": 1, "cells": ["layer", "skip"], "attn": "bra", "topk": 4, "regions": 7,
      "mlp_ratio": 4.0},
     {"pool": 2, "dim": 192, "paths": 2, "cells": ["shared", "skip"], "attn": "mhsa", "mlp_ratio": 3.0},
-    {"pool": 2, "dim": 256, "paths": 1, "cells": ["layer", "layer", "skip", "skip"], "attn": "bra", "topk": 8,
+    {"pool": 2, "dim": 256, "paths": 1, "cells": ["layer", "layer"] + ["skip"] * 6, "attn": "bra", "topk": 8,
      "regions": 7, "mlp_ratio": 2.0},
     {"pool": 2, "dim": 512, "paths": 1, "cells": ["layer", "skip"], "attn": "mhsa", "mlp_ratio": 4.0},
 ]}
