@@ -12,6 +12,7 @@ from nas.commands import SPACE_HELP, hint
 from nas.cost_model import space_cost_range
 from nas.units import human
 from search_spaces import SearchSpace, load_space
+from search_spaces.operators import live_genes
 
 DESCRIPTION = """Show the gene choices of every stage of a search space, its number of distinct
 (canonical) archs and the exact min/max MACs and params over them."""
@@ -47,6 +48,13 @@ def _genes_table(space: SearchSpace) -> Table:
     table.add_column("gene")
     for i in range(len(space.stages)):
         table.add_column(f"stage {i + 1}")
+    # a gene that no choice of cells, attn and mixer of a stage reads shows "-" there (e.g. window without ipsa)
+    read = [set().union(*(live_genes(s.cells, attn, mixer) for attn in s.attn for mixer in s.mixer))
+            for s in space.stages]
+
+    def optional(gene: str) -> list[str]:
+        return [_choices(getattr(s, gene)) if gene in genes else "-" for s, genes in zip(space.stages, read)]
+
     rows = {
         "pool": [_choices(s.pool) for s in space.stages],
         "dim": [_choices(s.dim) for s in space.stages],
@@ -54,14 +62,15 @@ def _genes_table(space: SearchSpace) -> Table:
         "max_cells": [str(s.max_cells) for s in space.stages],
         "cells": [_choices(s.cells) for s in space.stages],
         "attn": [_choices(s.attn) for s in space.stages],
-        "topk (bra)": [_choices(s.topk) for s in space.stages],
-        "regions (bra)": [_choices(s.regions) for s in space.stages],
-        "window (ipsa, cpsa)": [_choices(s.window) for s in space.stages],
+        "topk (bra)": optional("topk"),
+        "regions (bra)": optional("regions"),
+        "window (ipsa, cpsa)": optional("window"),
         "mixer": [_choices(s.mixer) for s in space.stages],
         "mlp_ratio": [_choices(s.mlp_ratio) for s in space.stages],
     }
     for gene, cells in rows.items():
-        table.add_row(gene, *cells)
+        if any(c != "-" for c in cells):  # a gene no stage reads is left out
+            table.add_row(gene, *cells)
     return table
 
 

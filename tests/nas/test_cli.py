@@ -53,6 +53,14 @@ def test_space_table_shows_genes_and_ranges(capsys):
         assert text in out
 
 
+def test_space_table_marks_genes_no_operator_of_a_stage_reads(capsys):
+    assert main(["space", "tiny-32"]) == 0
+    assert "window" not in capsys.readouterr().out  # tiny-32 has no ipsa, cpsa or cross
+    assert main(["space", "unified-224"]) == 0
+    window = next(line for line in capsys.readouterr().out.splitlines() if "window" in line)
+    assert [cell.strip() for cell in window.strip("│ ").split("│")][1:] == ["7", "7", "7", "-"]  # stage 4: no ipsa
+
+
 def test_sample_writes_distinct_valid_reproducible_archs(tmp_path, capsys):
     out = run_json(capsys, "sample", "--space", "tiny-32", "-n", "5", "--seed", "7", "--out", str(tmp_path / "a"))
     files = sorted((tmp_path / "a").glob("*.yaml"))
