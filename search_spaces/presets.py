@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+PRESETS_SPACE = "unified-224"  # the space every preset is an arch of
 
 
 def preset_names() -> list[str]:

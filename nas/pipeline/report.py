@@ -27,6 +27,8 @@ from nas.pipeline.options import CONFIG_FILE
 from nas.pipeline.stages import EVAL_FILE, FINAL_EVAL, LATENCY_FILE, STAGES_FILE, Layout
 from nas.run_folders import PIPELINE_REPORT
 from nas.units import human, percent
+from search_spaces import load_space
+from search_spaces.presets import PRESETS_SPACE, preset_names
 
 REPORT_MD, REPORT_HTML, CURVE_FILE = "report.md", PIPELINE_REPORT, "training_curve.png"
 SECTIONS = ("What was run", "Supernet training", "Search", "Found arch against baselines", "Reuse the model")
@@ -122,10 +124,16 @@ def _blocks(facts: _Facts, command: str, curve: bytes) -> list[tuple]:
     blocks += _search(facts)
     blocks += [("h2", SECTIONS[3]), ("p", _recipe(facts)), ("table", *_comparison_table(facts, chance)),
                ("p", f"Chance level: {chance:.1f}% (100 / {facts.num_classes} classes). {_verdict(facts)}"),
-               ("p", f"Published presets: space `{cfg['space']}` has none (this toolkit defines no published "
-                     f"presets for its spaces), so none are compared.")]
+               ("p", _presets_note(load_space(cfg["space"]).name))]
     blocks += _reuse(facts, found, command)
     return blocks
+
+
+def _presets_note(space: str) -> str:
+    if space == PRESETS_SPACE:
+        return (f"Published presets: not retrained by the pipeline (each is a 224-px model); `nas retrain --preset "
+                f"NAME` trains one with this run's data to compare ({', '.join(preset_names())}; docs/presets.md).")
+    return f"Published presets: space `{space}` has none (the presets are archs of {PRESETS_SPACE}), so none are compared."
 
 
 def _what_was_run(facts: _Facts) -> list[tuple]:
