@@ -117,7 +117,8 @@ def supernet_checkpoints(args) -> dict[str, Path]:
     return {"supernet": out / "checkpoint.pt"}
 
 
-def inherited_top1(args, checkpoint: Path, archs: list[Arch]) -> list[float]:
+def inherited_scores(args, checkpoint: Path, archs: list[Arch]) -> tuple[list[float], list[float]]:
+    """(top-1s, mean cross-entropies) of the archs on inherited weights, on the held-out split."""
     device = resolve_device("auto")
     trained = load_trained_supernet(checkpoint, device=device)
     holdout = trained.config.get("holdout", 0)
@@ -127,7 +128,8 @@ def inherited_top1(args, checkpoint: Path, archs: list[Arch]) -> list[float]:
                          f"in training)")
     rest, held_out = fitness_split(args.data, holdout, trained.space, trained.num_classes)
     fitness = Fitness(trained.supernet, held_out, rest, FITNESS_BATCH_SIZE, device)
-    return [fitness(arch) for arch in archs]
+    scores = [fitness.top1_and_loss(arch) for arch in archs]
+    return [s[0] for s in scores], [s[1] for s in scores]
 
 
 def scatter(path: Path, name: str, inherited, standalone, macs, tau: float) -> None:
@@ -176,9 +178,12 @@ def ranking_study(args) -> None:
               "baselines": {"macs": correlation_summary(macs, truth), "params": correlation_summary(params, truth)},
               "supernets": {}}
     for name, checkpoint in checkpoints.items():
-        inherited = inherited_top1(args, checkpoint, archs)
+        inherited, losses = inherited_scores(args, checkpoint, archs)
         summary = correlation_summary(inherited, truth)
-        result["supernets"][name] = {"checkpoint": str(checkpoint), "inherited": inherited, **summary}
+        # a lower loss predicts a better arch: the loss predictor is its negative
+        result["supernets"][name] = {"checkpoint": str(checkpoint), "inherited": inherited, **summary,
+                                     "inherited_loss": losses,
+                                     "loss": correlation_summary([-v for v in losses], truth)}
         scatter(Path(args.out) / f"ranking_{name}.png", name, inherited, truth, macs, summary["kendall_tau"])
     atomic_write(Path(args.out) / "ranking.json", json.dumps(result, indent=2).encode())
     atomic_write(Path(args.out) / "ranking.md", ranking_markdown(result).encode())
@@ -194,16 +199,18 @@ def ranking_markdown(result: dict) -> str:
     lines = [f"Ranking study: {result['space']} on {result['data']} ({len(result['archs'])} archs, stand-alone "
              f"{result['epochs']} epochs, held-out {result['holdout']})", "",
              "| predictor | Kendall tau [90% CI] | Spearman rho [90% CI] |", "|---|---|---|"]
-    rows = [(f"inherited ({name})", s) for name, s in result["supernets"].items()]
+    rows = [row for name, s in result["supernets"].items()
+            for row in ((f"inherited top-1 ({name})", s), (f"inherited loss ({name})", s["loss"]))]
     rows += [("MACs alone", result["baselines"]["macs"]), ("params alone", result["baselines"]["params"])]
     for label, summary in rows:
         lines.append(f"| {label} | {_interval(summary, 'kendall_tau')} | {_interval(summary, 'spearman_rho')} |")
     lines += ["", "| arch | MACs | params | stand-alone val top-1 (seeds) | "
-              + " | ".join(f"inherited ({n})" for n in result["supernets"]) + " |",
+              + " | ".join(f"inherited top-1 / loss ({n})" for n in result["supernets"]) + " |",
               "|---|---|---|---|" + "---|" * len(result["supernets"])]
     for i, arch in enumerate(result["archs"]):
         seeds = " / ".join(f"{100 * v:.1f}" for v in arch["standalone"].values())
-        inherited = " | ".join(f"{100 * s['inherited'][i]:.1f}" for s in result["supernets"].values())
+        inherited = " | ".join(f"{100 * s['inherited'][i]:.1f} / {s['inherited_loss'][i]:.3f}"
+                               for s in result["supernets"].values())
         lines.append(f"| {arch['name']} | {human(arch['macs'])} | {human(arch['params'])} | {seeds} | {inherited} |")
     if result["seed_gap_mean"] is not None:
         lines += ["", f"Mean gap between two seeds of one arch: {100 * result['seed_gap_mean']:.2f} points."]

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from nas.data.loaders import make_loader
-from nas.train.accuracy import BN_RECALIBRATION_BATCHES, recalibrate_batchnorm, top1
+from nas.train.accuracy import BN_RECALIBRATION_BATCHES, recalibrate_batchnorm, top1_and_loss
 from search_spaces import Arch
 from supernets.elastic_ops import ElasticBatchNorm2d
 from supernets.supernet import Supernet
@@ -42,10 +42,14 @@ class Fitness:
         return {"batches": batches, "batch_size": size, "images": batches * size}
 
     def __call__(self, arch: Arch) -> float:
+        return self.top1_and_loss(arch)[0]
+
+    def top1_and_loss(self, arch: Arch) -> tuple[float, float]:
+        """(inherited top-1, mean cross-entropy) of `arch` on the held-out split."""
         start = time.perf_counter()
         if self.uses_batchnorm:
             recalibrate_batchnorm(self.supernet, arch, self.calibration, self.device, BN_RECALIBRATION_BATCHES)
-        accuracy = top1(self.supernet, self.held_out, self.device, arch)
+        scores = top1_and_loss(self.supernet, self.held_out, self.device, arch)
         self.seconds += time.perf_counter() - start
         self.calls += 1
-        return accuracy
+        return scores

@@ -12,26 +12,36 @@ from supernets.supernet import Supernet
 BN_RECALIBRATION_BATCHES = 20  # SPOS recomputes a subnet's BatchNorm statistics from 20 train batches
 
 
-@torch.no_grad()
 def top1(model: nn.Module, loader, device: torch.device, arch: Arch | None = None) -> float:
     """Top-1 accuracy in [0, 1] over `loader` (summed over DDP ranks when a process group is up).
 
     `arch` switches a supernet to that subnet first; a standalone model is evaluated as it is."""
+    return top1_and_loss(model, loader, device, arch)[0]
+
+
+@torch.no_grad()
+def top1_and_loss(model: nn.Module, loader, device: torch.device, arch: Arch | None = None) -> tuple[float, float]:
+    """(top-1 accuracy in [0, 1], mean cross-entropy in nats) over `loader`, as `top1` does. The loss is the finer
+    signal: it moves with every image's confidence, where top-1 moves in steps of one image."""
     if arch is not None:
         model.set_active(arch)
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = torch.zeros((), dtype=torch.long, device=device)
+    nats = torch.zeros((), dtype=torch.float64, device=device)
     for images, labels in loader:
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        correct += (model(images).argmax(dim=-1) == labels).sum()
+        logits = model(images)  # (B, classes)
+        correct += (logits.argmax(dim=-1) == labels).sum()
+        nats += nn.functional.cross_entropy(logits.float(), labels, reduction="sum").double()
         seen += labels.numel()
     if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(correct)
-        dist.all_reduce(seen)
+        for total in (correct, seen, nats):
+            dist.all_reduce(total)
     model.train(was_training)
-    return correct.item() / max(seen.item(), 1)
+    count = max(seen.item(), 1)
+    return correct.item() / count, nats.item() / count
 
 
 @torch.no_grad()

@@ -1,13 +1,16 @@
-"""Rank correlations against their definitions, the bootstrap interval, and the stratified choice of archs."""
+"""Rank correlations against their definitions, the bootstrap interval, the stratified choice of archs, and the
+inherited scores (top-1 and loss) that the ranking study correlates."""
 from __future__ import annotations
 
 import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from nas.cost_model import arch_cost, extreme_arch
 from nas.search.ranking import bootstrap_interval, correlation_summary, kendall_tau, spearman_rho, stratified_archs
+from nas.train.accuracy import top1, top1_and_loss
 from search_spaces import load_space
 
 
@@ -82,3 +85,15 @@ def test_stratified_archs_span_the_space_deterministically():
     assert gaps.max() < 3 * (log_macs[-1] - log_macs[0]) / 11
     with pytest.raises(ValueError, match="at least 2"):
         stratified_archs(space, 1)
+
+
+def test_top1_and_loss_equal_the_whole_set_computed_at_once():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 4)
+    images, labels = torch.randn(23, 5), torch.randint(0, 4, (23,))
+    loader = [(images[i:i + 8], labels[i:i + 8]) for i in range(0, 23, 8)]  # batches of 8, 8, 7
+    accuracy, loss = top1_and_loss(model, loader, torch.device("cpu"))
+    with torch.no_grad():
+        logits = model(images)
+    assert accuracy == (logits.argmax(-1) == labels).sum().item() / 23 == top1(model, loader, torch.device("cpu"))
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item(), rel=1e-6)
