@@ -18,6 +18,10 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
 
+# tiny-32's genes on a 16x16 input at about a tenth of its MACs: for tests of the search, the pipeline and the
+# training loop, where what is tested does not depend on the model's size but the time does.
+TINY16 = str(Path(__file__).parent / "spaces" / "tiny-16.yaml")
+
 # Both: 12x12 input, stem stride 4 -> a 3x3 map before stage 1; pooling takes it to 2x2 and 1x1, so the BRA
 # constraints (regions <= side, topk <= regions^2) and BRA's padding (side 3, S = 2) all occur.
 TINY_SPACES = {

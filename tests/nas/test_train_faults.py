@@ -25,6 +25,7 @@ from nas.train.config import TrainConfig
 from nas.train.supernet import train_supernet
 from nas.train.loop import signals_deferred
 from search_spaces import load_space
+from tests.conftest import TINY16
 
 HANG = 600  # seconds: only a guard against a hung child; nothing is decided by time
 # 3 epochs of the digits at batch 64 = 66 steps, so a child is stopped long before its end; the children and this
@@ -108,7 +109,7 @@ def _stop_and_resume(tmp_path: Path, command: list[str], signum: int) -> int:
 
 
 def test_ctrl_c_checkpoints_the_last_step_and_the_resumed_run_is_the_uninterrupted_one(tmp_path):
-    _stop_and_resume(tmp_path, ["train-supernet", *OPTIONS, "--eval-random", "0"], signal.SIGINT)
+    _stop_and_resume(tmp_path, ["train-supernet", "--space", TINY16, *OPTIONS, "--eval-random", "0"], signal.SIGINT)
 
 
 def test_sigterm_of_a_retrain_checkpoints_the_last_step_and_resumes_identically(tmp_path):
@@ -152,7 +153,7 @@ def test_checkpoints_every_save_minutes_of_the_clock(tmp_path, monkeypatch, minu
 
 def test_a_kill_after_a_checkpoint_resumes_with_each_step_logged_once(tmp_path):
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    command = ["train-supernet", *OPTIONS, "--log-every", "1", "--save-every", "4", "--save-minutes", "0",
+    command = ["train-supernet", "--space", TINY16, *OPTIONS, "--log-every", "1", "--save-every", "4", "--save-minutes", "0",
                "--eval-random", "0"]
     child = _start(*command, "--out", str(killed))
     metrics, target = killed / "metrics.jsonl", 6
