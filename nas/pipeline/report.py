@@ -133,7 +133,8 @@ def _presets_note(space: str) -> str:
     if space == PRESETS_SPACE:
         return (f"Published presets: not retrained by the pipeline (each is a 224-px model); `nas retrain --preset "
                 f"NAME` trains one with this run's data to compare ({', '.join(preset_names())}; docs/presets.md).")
-    return f"Published presets: space `{space}` has none (the presets are archs of {PRESETS_SPACE}), so none are compared."
+    return (f"Published presets: space `{space}` has none (the presets are archs of {PRESETS_SPACE}), so none are "
+            f"compared.")
 
 
 def _what_was_run(facts: _Facts) -> list[tuple]:
