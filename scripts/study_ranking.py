@@ -9,7 +9,8 @@
 3. For each supernet, measures the inherited top-1 and mean cross-entropy of the archs on the held-out split its
    training did not see (the split `nas evolve` ranks on), with evolve's own `Fitness`.
 4. Prints Kendall tau and Spearman rho of each inherited predictor (top-1; the loss, negated) against stand-alone,
-   with bootstrap 90% intervals, and the same for MACs alone and params alone; writes OUT/ranking.json, OUT/ranking.md and OUT/ranking_<name>.png.
+   with bootstrap 90% intervals, and the same for MACs alone and params alone; writes OUT/ranking.json,
+   OUT/ranking.md and OUT/ranking_<name>.png.
 
 Without --supernet, it trains one first (`nas train-supernet` defaults plus --data, --holdout, --train-subset and
 --supernet-epochs, in OUT/supernet). Every stand-alone run and every supernet run is a resumable run folder under

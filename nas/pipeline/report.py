@@ -27,7 +27,6 @@ from nas.pipeline.options import CONFIG_FILE
 from nas.pipeline.stages import EVAL_FILE, FINAL_EVAL, LATENCY_FILE, STAGES_FILE, Layout
 from nas.run_folders import PIPELINE_REPORT
 from nas.units import human, percent
-from search_spaces import load_space
 from search_spaces.presets import PRESETS_SPACE, preset_names
 
 REPORT_MD, REPORT_HTML, CURVE_FILE = "report.md", PIPELINE_REPORT, "training_curve.png"
@@ -124,7 +123,7 @@ def _blocks(facts: _Facts, command: str, curve: bytes) -> list[tuple]:
     blocks += _search(facts)
     blocks += [("h2", SECTIONS[3]), ("p", _recipe(facts)), ("table", *_comparison_table(facts, chance)),
                ("p", f"Chance level: {chance:.1f}% (100 / {facts.num_classes} classes). {_verdict(facts)}"),
-               ("p", _presets_note(load_space(cfg["space"]).name))]
+               ("p", _presets_note(facts.found_meta["space"]))]
     blocks += _reuse(facts, found, command)
     return blocks
 

@@ -30,8 +30,7 @@ from search_spaces import load_arch, load_space
 from tests.conftest import TINY16, enumerate_archs
 
 ROOT = Path(__file__).resolve().parents[2]
-SPACE = TINY16  # cheap candidates: the search, not the model, is tested
-BUDGET = 230_000  # about a third of its random archs fit
+BUDGET = 230_000  # about a third of tiny-16's random archs fit (cheap candidates: the search is tested, not the model)
 SMALL = dict(population=6, topk=3, generations=3, mutations=3, crossovers=3, holdout=120, batch_size=120,
              device="cpu", poll_s=0.05)
 
@@ -49,7 +48,8 @@ def one_thread():
 def checkpoint(tmp_path_factory) -> Path:
     """A real train-supernet checkpoint of tiny-16 after a few SPOS steps on digits."""
     out = tmp_path_factory.mktemp("supernet")
-    cfg = TrainConfig(space=SPACE, epochs=1, batch_size=16, stop_after=3, eval_random=0, out=str(out), device="cpu", holdout=0)
+    cfg = TrainConfig(space=TINY16, epochs=1, batch_size=16, stop_after=3, eval_random=0, out=str(out), device="cpu",
+                      holdout=0)
     train_supernet(cfg, console=Console(file=io.StringIO()))
     return out / "checkpoint.pt"
 
@@ -72,7 +72,7 @@ def uninterrupted(checkpoint, tmp_path_factory):
 
 def test_budget_is_never_exceeded_and_no_arch_is_evaluated_twice(uninterrupted):
     result, out = uninterrupted
-    space = load_space(SPACE)
+    space = load_space(TINY16)
     trials = completed(None, out)
     hashes = [t.system_attrs[CLAIM_KEY] for t in trials]
     assert len(hashes) == len(set(hashes)) == result.evaluated_here == len(result.rows) == 3 * 6
@@ -104,7 +104,7 @@ def test_generations_take_parents_from_the_best(uninterrupted, checkpoint):
     """Later generations hold children of the top-k: on average they share more genes with the parents than
     random archs do (each gene is kept with probability 0.9 by a mutation, 0.5+ by a crossover)."""
     result, out = uninterrupted
-    space = load_space(SPACE)
+    space = load_space(TINY16)
     by_generation = {}
     for c in result.rows:
         by_generation.setdefault(c.generation, []).append(c)
@@ -377,7 +377,7 @@ def test_bad_input_is_one_error_line(checkpoint, tmp_path, capsys, argv, message
         from nas.cost_model import space_cost_range
         from nas.units import human
 
-        low = space_cost_range(load_space(SPACE))["min_macs"]
+        low = space_cost_range(load_space(TINY16))["min_macs"]
         message = message.format(smallest=f"{human(low)} ({low}) MACs")
     status = main(["evolve", "--supernet", str(checkpoint), "--out", str(tmp_path), *argv])
     err = capsys.readouterr().err
@@ -433,7 +433,7 @@ def test_random_strategy_draws_every_generation_at_random_within_the_budget(chec
     """--strategy random: population x generations candidates, generation g being the first feasible, unseen
     draws of the generator seeded (seed, g): no parent shapes them."""
     result = search(checkpoint, tmp_path, strategy="random", mutations=None, crossovers=None)
-    space = load_space(SPACE)
+    space = load_space(TINY16)
     assert len(result.rows) == SMALL["population"] * SMALL["generations"]
     seen, expected = set(), {}
     for generation in range(SMALL["generations"]):

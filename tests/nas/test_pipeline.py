@@ -37,8 +37,7 @@ TINY = {
     "retrain": {"epochs": 2, "train-subset": 64, "save-every": 1},
 }
 # tiny-16 (tests/spaces): tiny-32's genes at a tenth of the MACs; 1M is about its 20M on tiny-32
-SPACE = TINY16
-OPTIONS = ["--space", SPACE, "--flops", "1M", "--threads", "1", "--random", "1"]
+OPTIONS = ["--space", TINY16, "--flops", "1M", "--threads", "1", "--random", "1"]
 HANG_GUARD_S = 600  # a marker that never appears fails the test instead of hanging it
 
 
@@ -356,7 +355,7 @@ def test_report_says_when_the_found_arch_is_the_biggest(finished, tmp_path):
 
 def test_baselines_are_within_the_budget(finished):
     out, *_ = finished
-    space = load_space(SPACE)
+    space = load_space(TINY16)
     with (out / "search" / "candidates.csv").open(newline="") as f:
         most = max(int(row["macs"]) for row in csv.DictReader(f))
     assert arch_cost(baselines.biggest_candidate(out / "search" / "candidates.csv", space), space, 10)[0] == most

@@ -153,8 +153,8 @@ def test_checkpoints_every_save_minutes_of_the_clock(tmp_path, monkeypatch, minu
 
 def test_a_kill_after_a_checkpoint_resumes_with_each_step_logged_once(tmp_path):
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    command = ["train-supernet", "--space", TINY16, *OPTIONS, "--log-every", "1", "--save-every", "4", "--save-minutes", "0",
-               "--eval-random", "0"]
+    command = ["train-supernet", "--space", TINY16, *OPTIONS, "--log-every", "1", "--save-every", "4",
+               "--save-minutes", "0", "--eval-random", "0"]
     child = _start(*command, "--out", str(killed))
     metrics, target = killed / "metrics.jsonl", 6
     while True:  # freeze the child where it has logged 2 or 3 steps after its last checkpoint, then kill it
