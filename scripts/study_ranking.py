@@ -16,9 +16,12 @@ Without --supernet, it trains one first (`nas train-supernet` defaults plus --da
 --supernet-epochs, in OUT/supernet). Every stand-alone run and every supernet run is a resumable run folder under
 OUT: rerunning the same command continues where it stopped and reuses what is done.
 
-`--mode search` compares search strategies at equal evaluations on one supernet: evolution, random search (one
-generation of `--evaluations` uniform archs) and the biggest arch under the budget, each winner retrained
-stand-alone, over `--search-seeds` seeds (OUT/search.json, OUT/search.md).
+`--mode search` compares search strategies at equal evaluations on one supernet: evolution and random search (one
+generation of `--evaluations` uniform archs), each ranking by inherited top-1 and by inherited loss (`nas evolve
+--fitness`; random search evaluates the same archs either way, so its loss winner is read from the same
+candidates), and the biggest arch under the budget; each winner is retrained stand-alone (an arch found twice is
+trained once), over `--search-seeds` seeds (OUT/search.json, OUT/search.md). `--search-holdout` ranks on the
+first N of the held-out images (the held-out split of N is a prefix of the one of --holdout, so still unseen).
 """
 from __future__ import annotations
 
@@ -80,6 +83,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--flops", default="20M", help="search mode: the MACs budget (default 20M)")
     add("--evaluations", type=int, default=100, help="search mode: subnets each search evaluates (default 100)")
     add("--search-seeds", type=int, default=3, help="search mode: seeds per strategy (default 3)")
+    add("--search-holdout", type=int, default=0, help="search mode: rank on the first N held-out images "
+                                                       "(default 0: all --holdout of them)")
     return parser.parse_args(argv)
 
 
@@ -235,27 +240,33 @@ def search_study(args) -> None:
     space = load_space(args.space)
     budget = parse_count(args.flops, "--flops")
     population = max(2, args.evaluations // 5)
-    strategies = {  # each evaluates args.evaluations subnets
-        "evolution": dict(population=population, generations=args.evaluations // population, topk=population // 2,
-                          mutations=population // 2, crossovers=population // 2),
-        "random": dict(population=args.evaluations, generations=1, topk=1, mutations=0, crossovers=0),
+    evolution = dict(population=population, generations=args.evaluations // population, topk=population // 2,
+                     mutations=population // 2, crossovers=population // 2)
+    random = dict(population=args.evaluations, generations=1, topk=1, mutations=0, crossovers=0)
+    searches = {  # each evaluates args.evaluations subnets
+        "evolution": dict(evolution, fitness="top1"), "evolution (loss)": dict(evolution, fitness="loss"),
+        "random": dict(random, fitness="top1"),
     }
+    strategies = [*searches, "random (loss)"]
     rows = []
     for seed in range(args.search_seeds):
-        for name, settings in strategies.items():
-            out = Path(args.out) / "search" / f"{name}_s{seed}"
+        for name, settings in searches.items():
+            out = Path(args.out) / "search" / f"{name.replace(' (loss)', '-loss')}_s{seed}"
             found = run_evolution(EvolveConfig(supernet=str(checkpoint), flops=budget, seed=seed, out=str(out),
-                                               holdout=args.holdout, **settings), quiet)
-            rows.append({"strategy": name, "seed": seed, "arch": found.best.arch, "inherited": found.best.top1})
+                                               holdout=args.search_holdout or args.holdout, **settings), quiet)
+            winners = {name: found.best}
+            if name == "random":  # the same candidates ranked by their loss (ties: fewer MACs, then the hash)
+                winners["random (loss)"] = min(found.rows, key=lambda c: (c.loss, c.macs, c.arch.hash))
+            rows += [{"strategy": n, "seed": seed, "arch": c.arch, "inherited": c.top1, "inherited_loss": c.loss}
+                     for n, c in winners.items()]
         rows.append({"strategy": "biggest under budget", "seed": seed, "arch": biggest_under(space, budget, seed),
-                     "inherited": None})
-    for row in rows:
+                     "inherited": None, "inherited_loss": None})
+    for row in rows:  # the recipe is one (seed 0), so an arch found by several strategies is trained once
         arch = row["arch"]
         row["macs"] = arch_cost(arch, space)[0]
-        tag = row["strategy"].split()[0]
-        row["standalone"] = standalone_top1(args, arch, f"{tag}_search{row['seed']}_{arch.hash}", 0)
+        row["standalone"] = standalone_top1(args, arch, f"search_{arch.hash}", 0)
     summary = {}
-    for name in ("evolution", "random", "biggest under budget"):
+    for name in (*strategies, "biggest under budget"):
         mine = [r["standalone"] for r in rows if r["strategy"] == name]
         summary[name] = {"mean": float(np.mean(mine)), "values": mine}
     result = {"budget": budget, "evaluations": args.evaluations, "summary": summary, "command": " ".join(sys.argv),
@@ -269,6 +280,13 @@ def search_study(args) -> None:
         per_seed = " / ".join(f"{100 * v:.1f}" for v in s["values"])
         table.add_row(name, per_seed, f"{100 * s['mean']:.2f}%")
         lines.append(f"| {name} | {per_seed} | {100 * s['mean']:.2f}% |")
+    lines += ["", "| strategy | seed | winner | MACs | inherited top-1 | inherited loss | stand-alone val top-1 |",
+              "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        inherited = "-" if row["inherited"] is None else f"{100 * row['inherited']:.1f}"
+        loss = "-" if row["inherited_loss"] is None else f"{row['inherited_loss']:.3f}"
+        lines.append(f"| {row['strategy']} | {row['seed']} | {row['arch'].hash} | {human(row['macs'])} | {inherited} | "
+                     f"{loss} | {100 * row['standalone']:.1f} |")
     atomic_write(Path(args.out) / "search.md", ("\n".join(lines) + "\n").encode())
     Console().print(table)
 

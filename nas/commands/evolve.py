@@ -17,13 +17,16 @@ Generation 0 is --population random archs within the budget; every later generat
 --topk best so far as parents and adds --mutations mutated children (each gene redrawn with
 --mutation-prob), --crossovers children of two parents, and random archs up to --population.
 Candidates over budget, outside the space or seen before are rejected before evaluation. The
-fitness is the top-1 of the subnet on images held out of the train set (--holdout). --strategy
-random evaluates as many random archs within the budget instead: the baseline of a search.
+fitness is the top-1 of the subnet on images held out of the train set (--holdout), or with
+--fitness loss its mean cross-entropy there (a finer signal: it ranked Fashion-MNIST's archs
+closer to stand-alone training, docs/search_quality.md). --strategy random evaluates as many
+random archs within the budget instead: the baseline of a search.
 
 The search is an optuna study (--storage, --study): run the same command again to resume it after a
 crash, or on several machines at once to share it; no arch is evaluated twice. Writes
-OUT/best.yaml, OUT/candidates.csv (every candidate), OUT/search.png (top-1 against MACs) and
-OUT/search.json (how far it got, its settings and best: what 'nas show OUT' reads)."""
+OUT/best.yaml, OUT/candidates.csv (every candidate), OUT/search.png (the fitness against MACs) and
+OUT/search.json (how far it got, its settings and best: what 'nas show OUT' reads). Every
+candidate's inherited top-1 and loss are recorded, whichever ranks them."""
 EXAMPLE = """budgets are MACs (multiply-accumulates) and params: 4G, 4.5G, 600M, 4e9, 4000000000.
 
 example:
@@ -51,8 +54,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add("--flops", type=budget("--flops"), metavar="BUDGET", help="max MACs of one image, e.g. 4G or 600M")
     add("--params", type=budget("--params"), metavar="BUDGET", help="max parameters, e.g. 25M")
     add("--objective", choices=("top1", "pareto"), default="top1",
-        help="top1: the most accurate subnet within the budget (SPOS, default); pareto: NSGA-II on top-1 and "
-             "MACs, reporting the whole accuracy-MACs front within the budget")
+        help="top1: the single best subnet by --fitness within the budget (SPOS, default); pareto: NSGA-II on the "
+             "fitness and MACs, reporting the whole fitness-MACs front within the budget")
+    add("--fitness", choices=("top1", "loss"), default="top1",
+        help="what ranks a subnet: top1, its inherited top-1 on the held-out images (default); loss, its inherited "
+             "mean cross-entropy there, lower is better (moves with every image's confidence, not in steps of one "
+             "image; it ranked archs closer to stand-alone training on Fashion-MNIST)")
     add("--strategy", choices=("evolution", "random"), default="evolution",
         help="evolution: SPOS's evolutionary search (default); random: every candidate a random arch within the "
              "budget, --population x --generations of them: the baseline a search should beat")
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> None:
          f"--out {shlex.quote(str(result.out / 'model'))}")
     if args.json:
         best = result.best
-        print(json.dumps({"arch": best.arch.hash, "top1": best.top1, "macs": best.macs, "params": best.params,
+        print(json.dumps({"arch": best.arch.hash, "top1": best.top1, "loss": best.loss, "macs": best.macs,
+                          "params": best.params,
                           "trial": best.trial, "generation": best.generation, "candidates": len(result.rows),
                           "best_yaml": str(result.out / "best.yaml"), "genes": best.arch.to_dict()}, indent=2))

@@ -1,9 +1,11 @@
 """`nas evolve`: SPOS's evolutionary search of a trained supernet under a MACs and/or params budget.
 
 The search is an optuna study driven trial by trial (ask, evaluate, tell) with `EvolutionSampler`; the fitness is
-the inherited top-1 on a fixed held-out split. Budgets go into every trial as constraints
-(`trial.set_constraint`, <= 0 = feasible), which the plans guarantee, so optuna's tools (best_trials, the
-dashboard) see a feasible study.
+the inherited top-1 on a fixed held-out split, or (`fitness="loss"`) the inherited mean cross-entropy there, which
+ranked archs closer to stand-alone training on Fashion-MNIST (docs/search_quality.md). Both are recorded on every
+trial (user attributes "top1" and "loss"); the trial's value is the one ranked by. Budgets go into every trial
+as constraints (`trial.set_constraint`, <= 0 = feasible), which the plans guarantee, so optuna's tools
+(best_trials, the dashboard) see a feasible study.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from nas.search.candidates import Candidate, candidates
 from nas.search.fitness import Fitness
 from nas.search.optuna_adapter import generation_key, trial_id
 from nas.search.report import print_table, write_outputs
-from nas.search.sampler import CLAIM_KEY, OBJECTIVES, EvolutionSampler, params_arch
+from nas.search.sampler import CLAIM_KEY, FITNESSES, OBJECTIVES, EvolutionSampler, params_arch
 from nas.search.study import open_storage, open_study, repair_journal
 from nas.search.workers import WORKER_KEY, fail_dead_trials, heartbeat
 from nas.train.distributed import resolve_device
@@ -39,6 +41,7 @@ from search_spaces import Arch
 
 WAIT_NOTICE_S = 60.0  # a worker that waits this long on others says on which trials
 STRATEGIES = ("evolution", "random")  # random: every candidate a random arch within the budget (the baseline)
+_FITNESS_TEXT = {"top1": "inherited top-1", "loss": "inherited mean cross-entropy (lower is better)"}
 
 
 @dataclass
@@ -46,7 +49,8 @@ class EvolveConfig:
     supernet: str
     flops: int | None = None  # MACs budget of one image
     params: int | None = None  # parameter budget
-    objective: str = "top1"  # top1: SPOS, the most accurate subnet; pareto: NSGA-II on (top-1, MACs)
+    objective: str = "top1"  # top1: SPOS, the single best subnet by the fitness; pareto: NSGA-II on (fitness, MACs)
+    fitness: str = "top1"  # top1: inherited top-1 (higher is better); loss: inherited mean cross-entropy (lower)
     strategy: str = "evolution"  # or "random": population x generations random archs, no parents
     population: int = 50
     topk: int = 10
@@ -92,6 +96,8 @@ class EvolveConfig:
             raise ValueError(f"--mutation-prob must be in [0, 1], got {self.mutation_prob}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"--objective {self.objective!r}: choose from {list(OBJECTIVES)}")
+        if self.fitness not in FITNESSES:
+            raise ValueError(f"--fitness {self.fitness!r}: choose from {list(FITNESSES)}")
         if self.holdout is not None and self.holdout < 1:
             raise ValueError(f"--holdout must be >= 1, got {self.holdout}")
         resolve_device(self.device)
@@ -164,9 +170,9 @@ def _run_evolution(cfg: EvolveConfig, console: Console, results: Console) -> Sea
     sampler = EvolutionSampler(space, feasible, population=cfg.population, topk=cfg.topk,
                                generations=cfg.generations, mutations=cfg.mutations,
                                mutation_prob=cfg.mutation_prob, crossovers=cfg.crossovers, objective=cfg.objective,
-                               seed=cfg.seed, poll_s=cfg.poll_s)
-    directions = ["maximize"] if cfg.objective == "top1" else ["maximize", "minimize"]
-    metrics = ["top1"] if cfg.objective == "top1" else ["top1", "macs"]  # what optuna's dashboard calls them
+                               fitness=cfg.fitness, seed=cfg.seed, poll_s=cfg.poll_s)
+    directions = [FITNESSES[cfg.fitness]] + (["minimize"] if cfg.objective == "pareto" else [])
+    metrics = [cfg.fitness] + (["macs"] if cfg.objective == "pareto" else [])  # what optuna's dashboard calls them
     settings = _settings(cfg, trained, data, holdout)
     study = open_study(storage, cfg.study, sampler, directions, settings, metrics)
     events = {"failed_dead_trials": fail_dead_trials(study)}
@@ -180,8 +186,8 @@ def _run_evolution(cfg: EvolveConfig, console: Console, results: Console) -> Sea
     done_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     console.print(f"search: space {space.name}, {_budget_text(cfg)}, objective {cfg.objective}, "
                   + ("random archs (the baseline), " if cfg.strategy == "random" else "")
-                  + f"{cfg.generations} generations of {cfg.population}; fitness: top-1 on {holdout} held-out images "
-                  f"of {data!r}; study {cfg.study!r} in {storage_name}"
+                  + f"{cfg.generations} generations of {cfg.population}; fitness: {_FITNESS_TEXT[cfg.fitness]} on "
+                  f"{holdout} held-out images of {data!r}; study {cfg.study!r} in {storage_name}"
                   + (f" (resuming: {done_before} candidates done)" if done_before else ""), soft_wrap=True)
 
     out.mkdir(parents=True, exist_ok=True)
@@ -201,7 +207,8 @@ def _run_evolution(cfg: EvolveConfig, console: Console, results: Console) -> Sea
     rows = _write_report(study, sampler, cfg, settings, complete=True)
     print_table(results, rows, pareto=cfg.objective == "pareto")
     best = rows[0]
-    results.print(f"best: {best.arch.hash}, top-1 {100 * best.top1:.2f}%, {human(best.macs)} MACs, "
+    loss = "" if best.loss is None else f", loss {best.loss:.4f}"
+    results.print(f"best: {best.arch.hash}, top-1 {100 * best.top1:.2f}%{loss}, {human(best.macs)} MACs, "
                   f"{human(best.params)} params -> {out / 'best.yaml'}; all candidates in {out / 'candidates.csv'}, "
                   f"plot {out / 'search.png'}", soft_wrap=True)
     return SearchResult(out, best, rows, evaluated, fitness.seconds, total, storage_name, events)
@@ -212,7 +219,7 @@ def _search_loop(study: optuna.Study, sampler: EvolutionSampler, console: Consol
     """Ask, evaluate (`evaluate(trial, arch)` -> values) and tell until the plans are done; how many this
     worker evaluated."""
     evaluated, waiting_since, noticed = 0, None, False
-    with _GenerationBars(console, sampler, generations) as bars:
+    with _GenerationBars(console, sampler, generations, sampler.fitness) as bars:
         while True:
             progress = sampler.generation_state(study)
             bars.update(study, progress)
@@ -251,7 +258,7 @@ def _write_report(study: optuna.Study, sampler: EvolutionSampler, cfg: EvolveCon
                   complete: bool) -> list[Candidate]:
     """OUT/best.yaml, candidates.csv, search.png and search.json of what the study has evaluated (nothing when it
     has not); `complete`: the search is over."""
-    rows = candidates(study, sampler.space, generation_key(sampler))
+    rows = candidates(study, sampler.space, generation_key(sampler), cfg.fitness)
     if rows:
         seen = max(c.generation for c in rows) + 1
         title = (f"{sampler.space.name}, {_budget_text(cfg)}: {len(rows)} candidates in {seen} of "
@@ -262,7 +269,8 @@ def _write_report(study: optuna.Study, sampler: EvolutionSampler, cfg: EvolveCon
         summary = {**settings, "kind": "search", "strategy": cfg.strategy, "generations": cfg.generations,
                    "supernet": cfg.supernet, "complete": complete, "evaluated": len(rows), "generations_seen": seen,
                    "planned": cfg.population * cfg.generations,
-                   "best": {"arch": best.arch.hash, "top1": best.top1, "macs": best.macs, "params": best.params,
+                   "best": {"arch": best.arch.hash, "top1": best.top1, "loss": best.loss, "macs": best.macs,
+                            "params": best.params,
                             "file": str(out / "best.yaml")},
                    "resume": resume_command(cfg)}
         atomic_write(out / SEARCH_SUMMARY, json.dumps(summary, indent=2).encode())
@@ -282,8 +290,11 @@ def _evaluate(trial: optuna.Trial, arch: Arch, sampler: EvolutionSampler, cost, 
         trial.set_constraint("macs", macs - cfg.flops)
     if cfg.params is not None:
         trial.set_constraint("params", params - cfg.params)
-    top1 = fitness(arch)
-    return [top1] if cfg.objective == "top1" else [top1, macs]
+    top1, loss = fitness.top1_and_loss(arch)
+    trial.set_user_attr("top1", top1)
+    trial.set_user_attr("loss", loss)
+    value = top1 if cfg.fitness == "top1" else loss
+    return [value] if cfg.objective == "top1" else [value, macs]
 
 
 def _running(study: optuna.Study) -> str:
@@ -314,15 +325,19 @@ def _settings(cfg: EvolveConfig, trained, data: str, holdout: int) -> dict:
                                                           "mutations", "mutation_prob", "crossovers", "seed")}
     if cfg.strategy == "random":  # recorded only then, so that a study of before --strategy resumes as it was
         shared["strategy"] = cfg.strategy
+    if cfg.fitness != "top1":  # the same for --fitness
+        shared["fitness"] = cfg.fitness
     return {**shared, "space": trained.space.name, "space_hash": trained.space.hash,
             "checkpoint_sha256": trained.sha256, "data": data, "holdout": holdout}
 
 
 class _GenerationBars:
-    """One rich progress bar per generation: best top-1 so far, mean of the generation, evaluated, rejected."""
+    """One rich progress bar per generation: best fitness so far, mean of the generation, evaluated, rejected."""
 
-    def __init__(self, console: Console, sampler: EvolutionSampler, generations: int):
+    def __init__(self, console: Console, sampler: EvolutionSampler, generations: int, fitness: str):
         self.sampler, self.generations, self.tasks = sampler, generations, {}
+        self.best = max if fitness == "top1" else min
+        self.text = percent if fitness == "top1" else lambda v: percent(v) if v is None else f"loss {v:.4f}"
         # plain lines (a log): one as each generation ends, and one every PLAIN_EVERY_S while it runs
         self.progress = ProgressBars(console, lambda f: f"gen {f['gen']:>2} of {f['of']}",
                                      lambda f: f"best {f['best']}  mean {f['mean']}  evaluated {f['evaluated']}  "
@@ -348,8 +363,8 @@ class _GenerationBars:
                 continue
             upto = [v for gen, v in scored if gen <= g]
             values = [v for gen, v in scored if gen == g]
-            fields = dict(gen=g, of=self.generations, best=percent(max(upto, default=None)),
-                          mean=percent(np.mean(values) if values else None), evaluated=len(upto),
+            fields = dict(gen=g, of=self.generations, best=self.text(self.best(upto, default=None)),
+                          mean=self.text(np.mean(values) if values else None), evaluated=len(upto),
                           rejected=sum(self.sampler.plan(study, h).rejected for h in range(g + 1)))
             if g not in self.tasks:
                 self.tasks[g] = self.progress.add(len(plan.archs), len(values), **fields)

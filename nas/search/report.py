@@ -1,4 +1,4 @@
-"""What a search leaves behind: OUT/candidates.csv, OUT/search.png (accuracy against MACs) and the final
+"""What a search leaves behind: OUT/candidates.csv, OUT/search.png (the fitness against MACs) and the final
 table."""
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def write_outputs(out: Path, rows: list[Candidate], budget_macs: int | None, tit
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS)
     for c in sorted(rows, key=lambda c: c.trial):
-        writer.writerow([c.trial, c.generation, c.arch.hash, f"{c.top1:.6f}", c.macs, c.params, int(c.on_front),
+        loss = "" if c.loss is None else f"{c.loss:.6f}"
+        writer.writerow([c.trial, c.generation, c.arch.hash, f"{c.top1:.6f}", loss, c.macs, c.params, int(c.on_front),
                          json.dumps(c.arch.to_dict()["stages"], separators=(",", ":"))])
     atomic_write(out / "candidates.csv", buffer.getvalue().encode())
     if rows:
@@ -35,12 +36,13 @@ def print_table(console: Console, rows: list[Candidate], pareto: bool, top: int 
     shown = [c for c in rows if c.on_front] if pareto else rows[:top]
     if pareto:
         shown.sort(key=lambda c: c.macs)
-    table = Table(title="Pareto front (accuracy vs MACs)" if pareto else f"top {len(shown)} of {len(rows)} candidates",
-                  caption="inherited top-1 on the held-out split")
-    for column in ("rank", "trial", "gen", "arch", "top-1", "MACs", "params"):
+    by = "inherited mean cross-entropy" if rows and rows[0].fitness == "loss" else "inherited top-1"
+    table = Table(title=f"Pareto front ({by} vs MACs)" if pareto else f"top {len(shown)} of {len(rows)} candidates",
+                  caption=f"inherited top-1 and loss on the held-out split, ranked by {by}")
+    for column in ("rank", "trial", "gen", "arch", "top-1", "loss", "MACs", "params"):
         table.add_column(column, justify="left" if column == "arch" else "right")
     order = {c.trial: i + 1 for i, c in enumerate(rows)}
     for c in shown:
         table.add_row(str(order[c.trial]), str(c.trial), str(c.generation), c.arch.hash, f"{100 * c.top1:.2f}%",
-                      human(c.macs), human(c.params))
+                      "-" if c.loss is None else f"{c.loss:.4f}", human(c.macs), human(c.params))
     console.print(table)

@@ -8,9 +8,11 @@ over budget, outside the space or already seen are rejected before they become t
 evaluated; the draws are bounded (`max_tries`).
 
 Parents (`select_parent`, cached in the study by optuna's `BaseGASampler`) come from the previous generation
-and its parents: the `topk` most accurate (objective "top1", SPOS) or NSGA-II's elite population on
-(accuracy, MACs) (objective "pareto"). Everything the plan depends on is stored in the study, so a resumed
-search plans the same generations as an uninterrupted one.
+and its parents: the `topk` best by the fitness (objective "top1", SPOS) or NSGA-II's elite population on
+(fitness, MACs) (objective "pareto"). The fitness is the inherited top-1 (higher is better) or the inherited
+mean cross-entropy (`fitness="loss"`, lower is better) on the held-out split; a trial's first value is it.
+Everything the plan depends on is stored in the study, so a resumed search plans the same generations as an
+uninterrupted one.
 
 Several workers share a study: a trial *claims* a planned arch (a system attribute holding its hash) and
 reads the study back; if another live trial claims the same arch, it withdraws and takes another. Of two
@@ -37,6 +39,7 @@ from nas.search.workers import REAP_EVERY_S, WORKER_KEY, fail_dead_trials, worke
 from search_spaces import Arch, SearchSpace
 
 OBJECTIVES = ("top1", "pareto")
+FITNESSES = {"top1": "maximize", "loss": "minimize"}  # a trial's first value, and which way is better
 
 
 CLAIM_KEY = "nas:arch"  # trial system attribute: hash of the arch the trial evaluates (None after a withdrawal)
@@ -71,18 +74,27 @@ def params_arch(space: SearchSpace, params: dict) -> Arch:
                                                                               space.genome_choices)])
 
 
-def rank_key(trial: FrozenTrial) -> tuple:
-    """Best first: higher top-1, then fewer MACs, then the hash (so ties never depend on evaluation order)."""
-    return -trial.values[0], trial.user_attrs.get("macs", 0), trial.system_attrs.get(CLAIM_KEY, "")
+def rank_key(fitness: str) -> Callable[[FrozenTrial], tuple]:
+    """Sort key, best first: the better fitness (higher top-1, lower loss), then fewer MACs, then the hash (so
+    ties never depend on evaluation order)."""
+    sign = -1 if FITNESSES[fitness] == "maximize" else 1
+
+    def key(trial: FrozenTrial) -> tuple:
+        return sign * trial.values[0], trial.user_attrs.get("macs", 0), trial.system_attrs.get(CLAIM_KEY, "")
+    return key
 
 
 class EvolutionSampler(BaseGASampler):
     def __init__(self, space: SearchSpace, feasible: Callable[[Arch], bool], *, population: int = 50, topk: int = 10,
                  generations: int = 20, mutations: int = 25, mutation_prob: float = 0.1, crossovers: int = 25,
-                 objective: str = "top1", seed: int = 0, max_tries: int = 100, poll_s: float = 0.2):
+                 objective: str = "top1", fitness: str = "top1", seed: int = 0, max_tries: int = 100,
+                 poll_s: float = 0.2):
         super().__init__(population_size=population)
         if objective not in OBJECTIVES:
             raise ValueError(f"--objective {objective!r}: choose from {list(OBJECTIVES)}")
+        if fitness not in FITNESSES:
+            raise ValueError(f"--fitness {fitness!r}: choose from {list(FITNESSES)}")
+        self.fitness, self.rank_key = fitness, rank_key(fitness)
         self.space, self.feasible = space, feasible
         self.topk, self.generations, self.objective, self.seed = topk, generations, objective, seed
         self.mutations, self.mutation_prob, self.crossovers = mutations, mutation_prob, crossovers
@@ -142,7 +154,7 @@ class EvolutionSampler(BaseGASampler):
     def select_parent(self, study: optuna.Study, generation: int) -> list[FrozenTrial]:
         forget_cached_trials(study)
         pool = self.get_population(study, generation - 1) + self.get_parent_population(study, generation - 1)
-        pool.sort(key=rank_key)  # NSGA-II's crowding sort keeps input order on ties: make it the same everywhere
+        pool.sort(key=self.rank_key)  # NSGA-II's crowding sort keeps input order on ties: make it the same everywhere
         if self.objective == "top1":
             return pool[:self.topk]
         return nsga2_elite(study, pool, self.population_size)
@@ -171,7 +183,7 @@ class EvolutionSampler(BaseGASampler):
             self.get_parent_population(study, generation)  # selects and stores them, unless stored already
             # Read back what is stored (of two workers selecting at once, the storage keeps one), in rank order.
             parents = [params_arch(self.space, t.params)
-                       for t in sorted(self.get_parent_population(study, generation), key=rank_key)]
+                       for t in sorted(self.get_parent_population(study, generation), key=self.rank_key)]
             self._plans[generation] = self._draw(generation, parents, seen)
         return self._plans[generation]
 

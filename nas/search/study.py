@@ -228,8 +228,9 @@ def open_study(storage: BaseStorage, name: str, sampler: optuna.samplers.BaseSam
     if saved is None:
         study.set_user_attr(SETTINGS_KEY, settings)
     else:
-        differ = [f"{key} {saved.get(key)!r} (now {value!r})" for key, value in settings.items()
-                  if saved.get(key) != value]
+        # both ways: a setting recorded only when not the default (strategy, fitness) may be missing on either side
+        differ = [f"{key} {saved.get(key, 'default')!r} (now {settings.get(key, 'default')!r})"
+                  for key in {**saved, **settings} if saved.get(key) != settings.get(key)]
         if differ:
             raise ValueError(f"study {name!r} was started with other settings: {'; '.join(differ)}. Run it with the "
                              f"same options to resume it, or start another one with --study or --out")

@@ -164,7 +164,7 @@ def test_an_interrupted_search_resumes_to_the_same_result(checkpoint, uninterrup
     with the same candidates and the same best arch, and evaluates the failed arch once more only."""
     import nas.search.fitness
 
-    calls, original = {"n": 0}, nas.search.fitness.Fitness.__call__
+    calls, original = {"n": 0}, nas.search.fitness.Fitness.top1_and_loss
 
     def flaky(self, arch):
         calls["n"] += 1
@@ -172,10 +172,10 @@ def test_an_interrupted_search_resumes_to_the_same_result(checkpoint, uninterrup
             raise KeyboardInterrupt
         return original(self, arch)
 
-    monkeypatch.setattr(nas.search.fitness.Fitness, "__call__", flaky)
+    monkeypatch.setattr(nas.search.fitness.Fitness, "top1_and_loss", flaky)
     with pytest.raises(KeyboardInterrupt):
         search(checkpoint, tmp_path)
-    monkeypatch.setattr(nas.search.fitness.Fitness, "__call__", original)
+    monkeypatch.setattr(nas.search.fitness.Fitness, "top1_and_loss", original)
     result = search(checkpoint, tmp_path)
     assert result.evaluated_here == 18 - 7
     reference, _ = uninterrupted
@@ -186,7 +186,7 @@ def test_an_interrupted_search_resumes_to_the_same_result(checkpoint, uninterrup
 # A `nas evolve` child process with test hooks, set by environment variables, that park it at a known point
 # (until a signal ends it) and write PARK_MARKER there, so a test acts on an event, never after a delay:
 # PARK_AT_EVALUATION=N parks it in its evaluation N + 1 (N evaluated); PARK_IN_LOCK_AFTER=N parks it inside a
-# journal append (holding LOCK, the journal's lock) once N are evaluated; MEET=DIR makes the first evaluation
+# journal append (holding LOCK, the journal's lock) once N evaluations have begun; MEET=DIR makes the first evaluation
 # of each worker wait until MEET_COUNT workers have begun one (so each evaluates at least one); NAS_TEST_HOSTNAME=NAME
 # makes it pass for a worker of another host (whose pid this host cannot check).
 WORKER = """\
@@ -197,7 +197,7 @@ import nas.search.fitness
 hooks, evaluated = os.environ, 0
 if "NAS_TEST_HOSTNAME" in hooks:
     socket.gethostname = lambda: hooks["NAS_TEST_HOSTNAME"]
-original_fitness, original_fsync = nas.search.fitness.Fitness.__call__, os.fsync
+original_fitness, original_fsync = nas.search.fitness.Fitness.top1_and_loss, os.fsync
 
 def park():
     Path(hooks["PARK_MARKER"]).write_text(str(os.getpid()))
@@ -226,7 +226,7 @@ def fsync(fd):
     if evaluated == int(hooks.get("PARK_IN_LOCK_AFTER", -1)) and os.path.lexists(hooks["LOCK"]):
         park()
 
-nas.search.fitness.Fitness.__call__ = fitness
+nas.search.fitness.Fitness.top1_and_loss = fitness
 os.fsync = fsync
 from nas.cli import main
 sys.exit(main(sys.argv[1:]))
@@ -352,6 +352,7 @@ def test_resuming_with_other_settings_is_refused(checkpoint, uninterrupted, caps
      "--mutations + --crossovers (15 + 10) must be at most --population (20)"),
     (["--flops", "8M", "--strategy", "random", "--mutations", "2"], "--mutations 2: --strategy random has no parents"),
     (["--flops", "8M", "--strategy", "greedy"], "argument --strategy: invalid choice: 'greedy'"),
+    (["--flops", "8M", "--fitness", "acc"], "argument --fitness: invalid choice: 'acc'"),
     (["--flops", "8M", "--threads", "-1"], "--threads must be an int >= 0, got -1"),
     (["--flops", "8M", "--seed", "-1"], "--seed must be an int >= 0, got -1"),
     (["--flops", "nan"], "--flops: 'nan': expected a positive count"),
@@ -453,3 +454,59 @@ def test_population_8_generations_1_just_works(checkpoint, tmp_path, capsys):
                  "--population", "8", "--generations", "1", "--holdout", "120", "--device", "cpu",
                  "--threads", "1"]) == 0
     assert len(list(csv.DictReader((tmp_path / "candidates.csv").open()))) == 8
+
+
+@pytest.fixture(scope="module")
+def by_loss(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("by_loss")
+    return search(checkpoint, out, fitness="loss"), out
+
+
+def test_loss_fitness_ranks_and_selects_by_the_held_out_loss(by_loss, uninterrupted):
+    """--fitness loss: the trial value is the inherited mean cross-entropy (minimised), candidates are ranked by it
+    and the parents of each generation are the top-k lowest; top-1 and loss are measured exactly as under
+    --fitness top1 (generation 0, random and seeded alike, holds the same archs with the same figures)."""
+    result, out = by_loss
+    study = optuna.load_study(study_name="evolve", storage=open_storage(None, out)[0])
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE and study.metric_names == ["loss"]
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert t.values == [t.user_attrs["loss"]] and 0 <= t.user_attrs["top1"] <= 1
+    losses = [c.loss for c in result.rows]
+    assert losses == sorted(losses) and len(set(losses)) > 1
+    stored = open_storage(None, out)[0].get_study_system_attrs(study._study_id)
+    by_number = {c.trial: c for c in result.rows}
+    for g in (1, 2):
+        earlier = sorted((c for c in result.rows if c.generation < g), key=lambda c: (c.loss, c.macs, c.arch.hash))
+        parents = {by_number[study.trials[i].number].arch for i in stored[f"EvolutionSampler:parent:{g}"]}
+        assert parents == {c.arch for c in earlier[:3]}
+    reference, _ = uninterrupted
+    first = {c.arch.hash: (c.top1, c.loss) for c in reference.rows if c.generation == 0}
+    assert {c.arch.hash: (c.top1, c.loss) for c in result.rows if c.generation == 0} == first
+    with (out / "candidates.csv").open() as f:
+        rows = {r["arch"]: r for r in csv.DictReader(f)}
+    assert all(float(rows[c.arch.hash]["loss"]) == pytest.approx(c.loss, abs=1e-6) for c in result.rows)
+    summary = json.loads((out / "search.json").read_text())
+    assert summary["fitness"] == "loss" and summary["best"]["loss"] == min(losses)
+    assert (out / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    front = [c for c in result.rows if c.on_front]
+    assert front and not any(o.loss < c.loss and o.macs < c.macs for c in front for o in result.rows)
+
+
+@pytest.mark.parametrize("fixture, option, message", [
+    ("uninterrupted", ["--fitness", "loss"], "fitness 'default' (now 'loss')"),
+    ("by_loss", [], "fitness 'loss' (now 'default')"),
+])
+def test_resuming_with_another_fitness_is_refused(request, checkpoint, capsys, fixture, option, message):
+    _, out = request.getfixturevalue(fixture)
+    assert main(evolve_argv(checkpoint, out, *option)) == 2
+    err = capsys.readouterr().err
+    assert "other settings" in err and message in err and err.count("\n") == 1
+
+
+def test_pareto_on_the_loss_minimises_both(checkpoint, tmp_path):
+    result = search(checkpoint, tmp_path, objective="pareto", fitness="loss", flops=None)
+    study = optuna.load_study(study_name="evolve", storage=open_storage(None, tmp_path)[0])
+    assert study.metric_names == ["loss", "macs"]
+    assert study.directions == [optuna.study.StudyDirection.MINIMIZE] * 2
+    optuna_front = {t.system_attrs[CLAIM_KEY] for t in study.best_trials}
+    assert {c.arch.hash for c in result.rows if c.on_front} <= optuna_front

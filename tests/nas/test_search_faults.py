@@ -54,9 +54,10 @@ def test_a_search_killed_holding_the_journal_lock_resumes_with_a_relative_out(ch
     """kill -9 inside a journal append (the lock held) of a search with a relative --out leaves the lock behind;
     the same command run again frees it (optuna's stale-lock release) and finishes the search."""
     out, marker = Path("runs/evolve"), tmp_path / "parked"
-    process = worker(checkpoint, out, cwd=tmp_path, PARK_IN_LOCK_AFTER=1, LOCK=out / "study.journal.lock",
+    # parked in the first append once the 2nd evaluation has begun: its result's record, the 1st trial complete
+    process = worker(checkpoint, out, cwd=tmp_path, PARK_IN_LOCK_AFTER=2, LOCK=out / "study.journal.lock",
                      PARK_MARKER=marker)
-    wait_for(marker.exists, "journal append after the first evaluation", process)
+    wait_for(marker.exists, "journal append in the second evaluation", process)
     process.kill()
     process.wait()
     journal = tmp_path / out / "study.journal"
