@@ -101,8 +101,10 @@ def _best_rows(summary: dict) -> list[tuple[str, str]]:
     if not best:
         return []
     if summary["kind"] == "search":
-        return [("best", f"{percent(best.get('top1'))} top-1, {human(best['macs'])} MACs, {human(best['params'])} "
-                         f"params: {best.get('file')}")]
+        loss = f", loss {best['loss']:.4f}" if best.get("loss") is not None else ""
+        by = " (ranked by the loss)" if summary.get("fitness") == "loss" else ""
+        return [("best", f"{percent(best.get('top1'))} top-1{loss}{by}, {human(best['macs'])} MACs, "
+                         f"{human(best['params'])} params: {best.get('file')}")]
     rows = []
     for name, figures in best.items():
         where = f" on {figures['images']:,} {figures['split']} images" if figures.get("images") else ""

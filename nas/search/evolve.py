@@ -270,8 +270,7 @@ def _write_report(study: optuna.Study, sampler: EvolutionSampler, cfg: EvolveCon
                    "supernet": cfg.supernet, "complete": complete, "evaluated": len(rows), "generations_seen": seen,
                    "planned": cfg.population * cfg.generations,
                    "best": {"arch": best.arch.hash, "top1": best.top1, "loss": best.loss, "macs": best.macs,
-                            "params": best.params,
-                            "file": str(out / "best.yaml")},
+                            "params": best.params, "file": str(out / "best.yaml")},
                    "resume": resume_command(cfg)}
         atomic_write(out / SEARCH_SUMMARY, json.dumps(summary, indent=2).encode())
     return rows

@@ -76,6 +76,8 @@ def test_a_finished_search(runs, capsys):
     assert (summary["kind"], summary["complete"]) == ("search", True)
     assert summary["progress"]["evaluated"] == summary["progress"]["planned"] == 2
     assert summary["best"]["arch"] == search["best"]["arch"] and summary["holdout"] == 100
+    text, _ = run(capsys, "show", str(runs / "search"))
+    assert f"loss {search['best']['loss']:.4f}" in text and "ranked by the loss" not in text
     assert summary["next"] == (f"nas export --supernet {runs / 'supernet' / 'checkpoint.pt'} --arch "
                                f"{runs / 'search' / 'best.yaml'} --out {runs / 'search' / 'model'}")
 
