@@ -17,10 +17,11 @@ Generation 0 is --population random archs within the budget; every later generat
 --topk best so far as parents and adds --mutations mutated children (each gene redrawn with
 --mutation-prob), --crossovers children of two parents, and random archs up to --population.
 Candidates over budget, outside the space or seen before are rejected before evaluation. The
-fitness is the top-1 of the subnet on images held out of the train set (--holdout), or with
---fitness loss its mean cross-entropy there (a finer signal: it ranked Fashion-MNIST's archs
-closer to stand-alone training, docs/search_quality.md). --strategy random evaluates as many
-random archs within the budget instead: the baseline of a search.
+fitness is the mean cross-entropy of the subnet on images held out of the train set (--holdout),
+or with --fitness top1 its top-1 there (SPOS's). The loss is the finer signal: it ranked archs
+closer to stand-alone training and its winners retrained better (docs/search_quality.md).
+--strategy random evaluates as many random archs within the budget instead: the baseline of a
+search.
 
 The search is an optuna study (--storage, --study): run the same command again to resume it after a
 crash, or on several machines at once to share it; no arch is evaluated twice. Writes
@@ -56,10 +57,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add("--objective", choices=("top1", "pareto"), default="top1",
         help="top1: the single best subnet by --fitness within the budget (SPOS, default); pareto: NSGA-II on the "
              "fitness and MACs, reporting the whole fitness-MACs front within the budget")
-    add("--fitness", choices=("top1", "loss"), default="top1",
-        help="what ranks a subnet: top1, its inherited top-1 on the held-out images (default); loss, its inherited "
-             "mean cross-entropy there, lower is better (moves with every image's confidence, not in steps of one "
-             "image; it ranked archs closer to stand-alone training on Fashion-MNIST)")
+    add("--fitness", choices=("loss", "top1"), default="loss",
+        help="what ranks a subnet: loss, its inherited mean cross-entropy on the held-out images, lower is better "
+             "(default: it moves with every image's confidence, not in steps of one image, and ranked archs closer "
+             "to stand-alone training); top1, its inherited top-1 there (SPOS's)")
     add("--strategy", choices=("evolution", "random"), default="evolution",
         help="evolution: SPOS's evolutionary search (default); random: every candidate a random arch within the "
              "budget, --population x --generations of them: the baseline a search should beat")

@@ -157,6 +157,7 @@ def _search(folder: Path) -> dict:
                             "generations": search.get("generations"),
                             "generations_seen": search.get("generations_seen")},
                "strategy": search.get("strategy"), "objective": search.get("objective"),
+               "fitness": search.get("fitness", "top1"),  # a search of before --fitness ranked by top-1
                "budget": {"macs": search.get("flops"), "params": search.get("params")}, "data": search.get("data"),
                "holdout": search.get("holdout"), "best": best}
     if summary["complete"]:

@@ -30,7 +30,7 @@ class Candidate:
         return self.top1 if self.fitness == "top1" else -self.loss
 
 
-def candidates(study: optuna.Study, space: SearchSpace, generation_key: str, fitness: str = "top1") -> list[Candidate]:
+def candidates(study: optuna.Study, space: SearchSpace, generation_key: str, fitness: str) -> list[Candidate]:
     """Every evaluated arch of the study, best first (fitness, then fewer MACs, then hash), with its front flag."""
     trials = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                      if t.system_attrs.get(CLAIM_KEY)), key=rank_key(fitness))

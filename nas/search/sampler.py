@@ -87,7 +87,7 @@ def rank_key(fitness: str) -> Callable[[FrozenTrial], tuple]:
 class EvolutionSampler(BaseGASampler):
     def __init__(self, space: SearchSpace, feasible: Callable[[Arch], bool], *, population: int = 50, topk: int = 10,
                  generations: int = 20, mutations: int = 25, mutation_prob: float = 0.1, crossovers: int = 25,
-                 objective: str = "top1", fitness: str = "top1", seed: int = 0, max_tries: int = 100,
+                 objective: str = "top1", fitness: str = "loss", seed: int = 0, max_tries: int = 100,
                  poll_s: float = 0.2):
         super().__init__(population_size=population)
         if objective not in OBJECTIVES:

@@ -218,17 +218,19 @@ def _ends_whole(path: Path) -> bool:
 
 
 def open_study(storage: BaseStorage, name: str, sampler: optuna.samplers.BaseSampler, directions: list[str],
-               settings: dict, metric_names: list[str]) -> optuna.Study:
+               settings: dict, metric_names: list[str], before: dict | None = None) -> optuna.Study:
     """Create the study, or load it to resume or to join it as another worker. A study started with other
-    settings (budget, space, checkpoint, objective, GA parameters, seed, fitness split) is refused. Its objectives
-    are named `metric_names` (optuna's dashboard says "Objective 0" otherwise)."""
+    settings (budget, space, checkpoint, objective, fitness, GA parameters, seed, fitness split) is refused; a
+    setting its record lacks had the value `before` gives (it was recorded only later). Its objectives are named
+    `metric_names` (optuna's dashboard says "Objective 0" otherwise)."""
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, directions=directions,
                                 load_if_exists=True)
     saved = study.user_attrs.get(SETTINGS_KEY)
     if saved is None:
         study.set_user_attr(SETTINGS_KEY, settings)
     else:
-        # both ways: a setting recorded only when not the default (strategy, fitness) may be missing on either side
+        saved = {**(before or {}), **saved}
+        # both ways: a setting recorded only when not the default (strategy) may be missing on either side
         differ = [f"{key} {saved.get(key, 'default')!r} (now {settings.get(key, 'default')!r})"
                   for key in {**saved, **settings} if saved.get(key) != settings.get(key)]
         if differ:

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from rich.console import Console
 
 from nas.cli import main
 from nas.cost_model import arch_cost
+from nas.search.optuna_adapter import storage_of
 from nas.search.sampler import CLAIM_KEY
 from nas.search.workers import WORKER_KEY
 from nas.search.evolve import EvolveConfig, run_evolution
@@ -80,7 +82,7 @@ def test_budget_is_never_exceeded_and_no_arch_is_evaluated_twice(uninterrupted):
         macs, _ = arch_cost(row.arch, space, 10)
         assert macs == row.macs <= BUDGET
     assert all(t.constraints["macs"] <= 0 for t in trials)  # what optuna's feasibility checks read
-    assert [r.top1 for r in result.rows] == sorted((r.top1 for r in result.rows), reverse=True)
+    assert [r.score for r in result.rows] == sorted((r.score for r in result.rows), reverse=True)
 
 
 def test_outputs(uninterrupted):
@@ -89,7 +91,7 @@ def test_outputs(uninterrupted):
         rows = list(csv.DictReader(f))
     assert len(rows) == len(result.rows)
     assert {r["arch"] for r in rows} == {c.arch.hash for c in result.rows}
-    assert max(float(r["top1"]) for r in rows) == pytest.approx(result.best.top1, abs=1e-6)
+    assert min(float(r["loss"]) for r in rows) == pytest.approx(result.best.loss, abs=1e-6)  # the default fitness
     best, _ = load_arch(out / "best.yaml")
     assert best == result.best.arch
     assert (out / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -97,7 +99,7 @@ def test_outputs(uninterrupted):
     assert {r["arch"] for r in rows if r["on_front"] == "1"} == front
     for c in result.rows:  # nothing on the front is beaten on both axes
         if c.arch.hash in front:
-            assert not any(o.top1 > c.top1 and o.macs < c.macs for o in result.rows)
+            assert not any(o.score > c.score and o.macs < c.macs for o in result.rows)
 
 
 def test_generations_take_parents_from_the_best(uninterrupted, checkpoint):
@@ -109,7 +111,7 @@ def test_generations_take_parents_from_the_best(uninterrupted, checkpoint):
     for c in result.rows:
         by_generation.setdefault(c.generation, []).append(c)
     assert sorted(by_generation) == [0, 1, 2] and all(len(v) == 6 for v in by_generation.values())
-    parents = sorted(by_generation[0], key=lambda c: (-c.top1, c.macs, c.arch.hash))[:3]
+    parents = sorted(by_generation[0], key=lambda c: (-c.score, c.macs, c.arch.hash))[:3]
 
     def closeness(c) -> int:
         genome = space.encode(c.arch)
@@ -121,15 +123,15 @@ def test_generations_take_parents_from_the_best(uninterrupted, checkpoint):
 
 
 def test_parents_are_the_topk_of_everything_before(uninterrupted):
-    """SPOS keeps the best: the stored parents of generation g are the top-k (by top-1, then MACs, then hash)
-    of every candidate of the generations before g."""
+    """SPOS keeps the best: the stored parents of generation g are the top-k (by the fitness, the loss by default,
+    then MACs, then hash) of every candidate of the generations before g."""
     result, out = uninterrupted
     storage, _ = open_storage(None, out)
     study = optuna.load_study(study_name="evolve", storage=storage)
     stored = storage.get_study_system_attrs(study._study_id)
     by_number = {c.trial: c for c in result.rows}
     for g in (1, 2):
-        earlier = sorted((c for c in result.rows if c.generation < g), key=lambda c: (-c.top1, c.macs, c.arch.hash))
+        earlier = sorted((c for c in result.rows if c.generation < g), key=lambda c: (c.loss, c.macs, c.arch.hash))
         parents = {by_number[study.trials[i].number].arch for i in stored[f"EvolutionSampler:parent:{g}"]}
         assert parents == {c.arch for c in earlier[:3]}
 
@@ -306,9 +308,9 @@ def test_two_workers_share_one_study_without_duplicates(checkpoint, uninterrupte
 
 
 def test_pareto_objective_reports_the_front(checkpoint, tmp_path):
-    result = search(checkpoint, tmp_path, objective="pareto", flops=None)
+    result = search(checkpoint, tmp_path, objective="pareto", fitness="top1", flops=None)
     study = optuna.load_study(study_name="evolve", storage=open_storage(None, tmp_path)[0])
-    assert len(study.directions) == 2
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     assert study.metric_names == ["top1", "macs"]  # optuna-dashboard's names, not "Objective 0"
     optuna_front = {t.system_attrs[CLAIM_KEY] for t in study.best_trials}
     assert {c.arch.hash for c in result.rows if c.on_front} <= optuna_front  # optuna keeps ties on both axes
@@ -415,7 +417,7 @@ def test_the_table_goes_to_stdout(uninterrupted, checkpoint, capsys):
 def test_the_study_names_its_metric_and_search_json_says_it_is_complete(uninterrupted, checkpoint):
     result, out = uninterrupted
     study = optuna.load_study(study_name="evolve", storage=open_storage(None, out)[0])
-    assert study.metric_names == ["top1"]
+    assert study.metric_names == ["loss"]
     summary = json.loads((out / "search.json").read_text())
     assert summary["complete"] is True and summary["evaluated"] == summary["planned"] == 18
     assert summary["best"]["arch"] == result.best.arch.hash and summary["holdout"] == SMALL["holdout"]
@@ -457,29 +459,33 @@ def test_population_8_generations_1_just_works(checkpoint, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def by_loss(checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("by_loss")
-    return search(checkpoint, out, fitness="loss"), out
+def by_top1(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("by_top1")
+    return search(checkpoint, out, fitness="top1"), out
 
 
-def test_loss_fitness_ranks_and_selects_by_the_held_out_loss(by_loss, uninterrupted):
-    """--fitness loss: the trial value is the inherited mean cross-entropy (minimised), candidates are ranked by it
-    and the parents of each generation are the top-k lowest; top-1 and loss are measured exactly as under
-    --fitness top1 (generation 0, random and seeded alike, holds the same archs with the same figures)."""
-    result, out = by_loss
-    study = optuna.load_study(study_name="evolve", storage=open_storage(None, out)[0])
+def loaded(out: Path) -> optuna.Study:
+    return optuna.load_study(study_name="evolve", storage=open_storage(None, out)[0])
+
+
+def stored_parents(study: optuna.Study, rows, generation: int) -> set:
+    by_number = {c.trial: c for c in rows}
+    stored = storage_of(study).get_study_system_attrs(study._study_id)
+    return {by_number[study.trials[i].number].arch for i in stored[f"EvolutionSampler:parent:{generation}"]}
+
+
+def test_loss_fitness_ranks_and_selects_by_the_held_out_loss(uninterrupted, by_top1):
+    """The default fitness: the trial value is the inherited mean cross-entropy (minimised), candidates are ranked
+    by it and every trial records top-1 too; top-1 and loss are measured exactly as under --fitness top1
+    (generation 0, random and seeded alike, holds the same archs with the same figures)."""
+    result, out = uninterrupted
+    study = loaded(out)
     assert study.direction == optuna.study.StudyDirection.MINIMIZE and study.metric_names == ["loss"]
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         assert t.values == [t.user_attrs["loss"]] and 0 <= t.user_attrs["top1"] <= 1
     losses = [c.loss for c in result.rows]
     assert losses == sorted(losses) and len(set(losses)) > 1
-    stored = open_storage(None, out)[0].get_study_system_attrs(study._study_id)
-    by_number = {c.trial: c for c in result.rows}
-    for g in (1, 2):
-        earlier = sorted((c for c in result.rows if c.generation < g), key=lambda c: (c.loss, c.macs, c.arch.hash))
-        parents = {by_number[study.trials[i].number].arch for i in stored[f"EvolutionSampler:parent:{g}"]}
-        assert parents == {c.arch for c in earlier[:3]}
-    reference, _ = uninterrupted
+    reference, _ = by_top1
     first = {c.arch.hash: (c.top1, c.loss) for c in reference.rows if c.generation == 0}
     assert {c.arch.hash: (c.top1, c.loss) for c in result.rows if c.generation == 0} == first
     with (out / "candidates.csv").open() as f:
@@ -487,14 +493,30 @@ def test_loss_fitness_ranks_and_selects_by_the_held_out_loss(by_loss, uninterrup
     assert all(float(rows[c.arch.hash]["loss"]) == pytest.approx(c.loss, abs=1e-6) for c in result.rows)
     summary = json.loads((out / "search.json").read_text())
     assert summary["fitness"] == "loss" and summary["best"]["loss"] == min(losses)
-    assert (out / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     front = [c for c in result.rows if c.on_front]
     assert front and not any(o.loss < c.loss and o.macs < c.macs for c in front for o in result.rows)
 
 
+def test_top1_fitness_ranks_and_selects_by_inherited_top1(by_top1):
+    """--fitness top1 (SPOS's): the value is the top-1 (maximised), the parents the top-k by top-1, the front on
+    (top-1, MACs)."""
+    result, out = by_top1
+    study = loaded(out)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE and study.metric_names == ["top1"]
+    assert all(t.values == [t.user_attrs["top1"]] for t in study.get_trials(states=(TrialState.COMPLETE,)))
+    assert [c.top1 for c in result.rows] == sorted((c.top1 for c in result.rows), reverse=True)
+    for g in (1, 2):
+        earlier = sorted((c for c in result.rows if c.generation < g), key=lambda c: (-c.top1, c.macs, c.arch.hash))
+        assert stored_parents(study, result.rows, g) == {c.arch for c in earlier[:3]}
+    assert json.loads((out / "search.json").read_text())["fitness"] == "top1"
+    assert (out / "search.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    front = [c for c in result.rows if c.on_front]
+    assert front and not any(o.top1 > c.top1 and o.macs < c.macs for c in front for o in result.rows)
+
+
 @pytest.mark.parametrize("fixture, option, message", [
-    ("uninterrupted", ["--fitness", "loss"], "fitness 'default' (now 'loss')"),
-    ("by_loss", [], "fitness 'loss' (now 'default')"),
+    ("uninterrupted", ["--fitness", "top1"], "fitness 'loss' (now 'top1')"),
+    ("by_top1", [], "fitness 'top1' (now 'loss')"),
 ])
 def test_resuming_with_another_fitness_is_refused(request, checkpoint, capsys, fixture, option, message):
     _, out = request.getfixturevalue(fixture)
@@ -503,9 +525,25 @@ def test_resuming_with_another_fitness_is_refused(request, checkpoint, capsys, f
     assert "other settings" in err and message in err and err.count("\n") == 1
 
 
+def test_a_study_of_before_the_fitness_was_recorded_resumes_as_top1(by_top1, checkpoint, tmp_path, capsys):
+    """Studies started before --fitness existed record no fitness and ranked by top-1: they resume with
+    --fitness top1, and the new default (the loss) is refused, naming the option."""
+    from nas.search.study import SETTINGS_KEY
+
+    result, reference = by_top1
+    out = tmp_path / "old"
+    shutil.copytree(reference, out)
+    study = loaded(out)
+    study.set_user_attr(SETTINGS_KEY, {k: v for k, v in study.user_attrs[SETTINGS_KEY].items() if k != "fitness"})
+    assert main(evolve_argv(checkpoint, out)) == 2
+    assert "fitness 'top1' (now 'loss')" in capsys.readouterr().err
+    assert main(evolve_argv(checkpoint, out, "--fitness", "top1", "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["arch"] == result.best.arch.hash
+
+
 def test_pareto_on_the_loss_minimises_both(checkpoint, tmp_path):
-    result = search(checkpoint, tmp_path, objective="pareto", fitness="loss", flops=None)
-    study = optuna.load_study(study_name="evolve", storage=open_storage(None, tmp_path)[0])
+    result = search(checkpoint, tmp_path, objective="pareto", flops=None)
+    study = loaded(tmp_path)
     assert study.metric_names == ["loss", "macs"]
     assert study.directions == [optuna.study.StudyDirection.MINIMIZE] * 2
     optuna_front = {t.system_attrs[CLAIM_KEY] for t in study.best_trials}

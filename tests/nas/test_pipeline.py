@@ -354,21 +354,23 @@ def test_report_says_when_the_found_arch_is_the_biggest(finished, tmp_path):
 
 
 def test_report_names_the_fitness_the_search_ranked_by(finished, tmp_path):
-    """The search section says what ranked the candidates: search.json's fitness (`--set evolve.fitness=loss`,
-    which the pipeline accepts as an option of nas evolve)."""
+    """The search section says what ranked the candidates: search.json's fitness (the loss by default;
+    `--set evolve.fitness=top1`, which the pipeline accepts as an option of nas evolve, for top-1)."""
     from nas.pipeline.options import parse_set
 
-    assert parse_set(["evolve.fitness=loss"]) == {"evolve": {"fitness": "loss"}}
+    assert parse_set(["evolve.fitness=top1"]) == {"evolve": {"fitness": "top1"}}
     reference, *_ = finished
-    assert "fitness: inherited top-1 on 60 held-out train images" in (reference / "report.md").read_text()
+    report = (reference / "report.md").read_text()
+    assert "fitness: inherited mean cross-entropy on 60 held-out train images" in report
+    assert "![search: inherited loss against MACs](search/search.png)" in report
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     summary = json.loads((out / "search" / "search.json").read_text())
-    (out / "search" / "search.json").write_text(json.dumps({**summary, "fitness": "loss"}))
+    (out / "search" / "search.json").write_text(json.dumps({**summary, "fitness": "top1"}))
     write_report(out, "nas pipeline")
     report = (out / "report.md").read_text()
-    assert "fitness: inherited mean cross-entropy on 60 held-out train images" in report
-    assert "![search: inherited loss against MACs](search/search.png)" in report
+    assert "fitness: inherited top-1 on 60 held-out train images" in report
+    assert "![search: inherited top-1 against MACs](search/search.png)" in report
 
 
 def test_baselines_are_within_the_budget(finished):
