@@ -3,10 +3,9 @@
 The search is an optuna study driven trial by trial (ask, evaluate, tell) with `EvolutionSampler`; the fitness is
 the inherited mean cross-entropy on a fixed held-out split (the default: it ranked archs closer to stand-alone
 training than top-1 did, and its winners retrained better; docs/search_quality.md), or (`fitness="top1"`) the
-inherited top-1 there, SPOS's own. Both are recorded on every
-trial (user attributes "top1" and "loss"); the trial's value is the one ranked by. Budgets go into every trial
-as constraints (`trial.set_constraint`, <= 0 = feasible), which the plans guarantee, so optuna's tools
-(best_trials, the dashboard) see a feasible study.
+inherited top-1 there, SPOS's own. Both are recorded on every trial (user attributes "top1" and "loss"); the
+trial's value is the one ranked by. Budgets go into every trial as constraints (`trial.set_constraint`, <= 0 =
+feasible), which the plans guarantee, so optuna's tools (best_trials, the dashboard) see a feasible study.
 """
 from __future__ import annotations
 
