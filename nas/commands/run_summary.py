@@ -11,6 +11,7 @@ import yaml
 from nas.run_folders import (ARCH_FILE, CHECKPOINT, CONFIG, DEFAULT_JOURNAL, FINAL_EVAL, META_FILE, METRICS, MODEL_FOLDER,
                              PIPELINE_CONFIG, PIPELINE_REPORT, PIPELINE_STAGES, SEARCH_SUMMARY, WEIGHTS_FILE,
                              suggested_budget)
+from nas.search.fitness_kinds import FITNESS_BEFORE
 
 
 def summarize(folder: str | Path) -> dict:
@@ -157,7 +158,7 @@ def _search(folder: Path) -> dict:
                             "generations": search.get("generations"),
                             "generations_seen": search.get("generations_seen")},
                "strategy": search.get("strategy"), "objective": search.get("objective"),
-               "fitness": search.get("fitness", "top1"),  # a search of before --fitness ranked by top-1
+               "fitness": search.get("fitness", FITNESS_BEFORE),
                "budget": {"macs": search.get("flops"), "params": search.get("params")}, "data": search.get("data"),
                "holdout": search.get("holdout"), "best": best}
     if summary["complete"]:

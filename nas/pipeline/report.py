@@ -26,6 +26,7 @@ from nas.pipeline import baselines
 from nas.pipeline.options import CONFIG_FILE
 from nas.pipeline.stages import EVAL_FILE, FINAL_EVAL, LATENCY_FILE, STAGES_FILE, Layout
 from nas.run_folders import PIPELINE_REPORT, SEARCH_SUMMARY
+from nas.search.fitness_kinds import FITNESS_BEFORE, FITNESS_NAMES
 from nas.units import human, percent
 from search_spaces.presets import PRESETS_SPACE, preset_names
 
@@ -72,7 +73,7 @@ class _Facts:
                         if line.strip()]
         with (paths.search / "candidates.csv").open(newline="") as f:
             self.candidates = list(csv.DictReader(f))
-        self.fitness = json.loads((paths.search / SEARCH_SUMMARY).read_text()).get("fitness", "top1")
+        self.fitness = json.loads((paths.search / SEARCH_SUMMARY).read_text()).get("fitness", FITNESS_BEFORE)
         self.found_meta = read_meta(paths.model)
         self.eval = json.loads((paths.out / EVAL_FILE).read_text())
         self.num_classes = self.found_meta["num_classes"]
@@ -192,14 +193,13 @@ def _search(facts: _Facts) -> list[tuple]:
     text = (f"Evolution (SPOS) under {_budget(cfg)}: {_n(len(facts.candidates), 'candidate')} in "
             f"{_n(generations, 'generation')} (population {evolve.get('population', '-')}, "
             f"{evolve.get('mutations', '-')} mutated and {evolve.get('crossovers', '-')} crossed-over children per "
-            f"generation); fitness: inherited {'mean cross-entropy' if facts.fitness == 'loss' else 'top-1'} on "
+            f"generation); fitness: {FITNESS_NAMES[facts.fitness]} on "
             f"{meta['measured']['images']} held-out train images. Found arch "
             f"`{found.arch}`: {percent(found.inherited)} at {human(found.macs)} MACs; {check} "
             f"({ev.get('images')} images).")
     png = (facts.paths.search / "search.png").read_bytes()
-    shown = "inherited loss" if facts.fitness == "loss" else "inherited top-1"
-    return [("h2", SECTIONS[2]), ("img", f"search: {shown} against MACs", "search/search.png", png),
-            ("p", text)]
+    caption = f"search: {FITNESS_NAMES[facts.fitness]} against MACs"
+    return [("h2", SECTIONS[2]), ("img", caption, "search/search.png", png), ("p", text)]
 
 
 def _recipe(facts: _Facts) -> str:

@@ -21,7 +21,7 @@ class Candidate:
     loss: float | None  # inherited mean cross-entropy there (None in a study of before the loss was recorded)
     macs: int
     params: int
-    fitness: str = "top1"  # what the search ranks by: "top1" or "loss"
+    fitness: str  # what the search ranks by: a key of FITNESSES
     on_front: bool = False
 
     @property

@@ -29,9 +29,10 @@ from nas.progress import ProgressBars
 from nas.run_folders import SEARCH_SUMMARY
 from nas.search.candidates import Candidate, candidates
 from nas.search.fitness import Fitness
+from nas.search.fitness_kinds import FITNESS_BEFORE, FITNESSES, fitness_text
 from nas.search.optuna_adapter import generation_key, trial_id
 from nas.search.report import print_table, write_outputs
-from nas.search.sampler import CLAIM_KEY, FITNESSES, OBJECTIVES, EvolutionSampler, params_arch
+from nas.search.sampler import CLAIM_KEY, OBJECTIVES, EvolutionSampler, params_arch
 from nas.search.study import open_storage, open_study, repair_journal
 from nas.search.workers import WORKER_KEY, fail_dead_trials, heartbeat
 from nas.train.distributed import resolve_device
@@ -41,8 +42,7 @@ from search_spaces import Arch
 
 WAIT_NOTICE_S = 60.0  # a worker that waits this long on others says on which trials
 STRATEGIES = ("evolution", "random")  # random: every candidate a random arch within the budget (the baseline)
-_FITNESS_TEXT = {"top1": "inherited top-1", "loss": "inherited mean cross-entropy (lower is better)"}
-SETTINGS_BEFORE = {"fitness": "top1"}  # what a study of before a setting was recorded ran with
+SETTINGS_BEFORE = {"fitness": FITNESS_BEFORE}  # what a study of before a setting was recorded ran with
 
 
 @dataclass
@@ -187,7 +187,7 @@ def _run_evolution(cfg: EvolveConfig, console: Console, results: Console) -> Sea
     done_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     console.print(f"search: space {space.name}, {_budget_text(cfg)}, objective {cfg.objective}, "
                   + ("random archs (the baseline), " if cfg.strategy == "random" else "")
-                  + f"{cfg.generations} generations of {cfg.population}; fitness: {_FITNESS_TEXT[cfg.fitness]} on "
+                  + f"{cfg.generations} generations of {cfg.population}; fitness: {fitness_text(cfg.fitness)} on "
                   f"{holdout} held-out images of {data!r}; study {cfg.study!r} in {storage_name}"
                   + (f" (resuming: {done_before} candidates done)" if done_before else ""), soft_wrap=True)
 

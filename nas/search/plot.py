@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from nas.search.candidates import Candidate, pareto_front
+from nas.search.fitness_kinds import FITNESS_NAMES
 from nas.units import human
 
 
@@ -40,8 +41,8 @@ def plot_search(rows: list[Candidate], budget_macs: int | None, title: str) -> b
         ax.set_xscale("log")
     ax.xaxis.set_major_formatter(lambda x, _: human(x))
     ax.set_xlabel("MACs per image")
-    ax.set_ylabel("inherited mean cross-entropy on the held-out split (lower is better)" if by_loss
-                  else "inherited top-1 on the held-out split (%)")
+    unit = " (lower is better)" if by_loss else " (%)"
+    ax.set_ylabel(f"{FITNESS_NAMES[rows[0].fitness]} on the held-out split{unit}")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right" if by_loss else "lower right", fontsize=8)

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from nas.atomic_files import atomic_write
 from nas.search.candidates import CSV_COLUMNS, Candidate
+from nas.search.fitness_kinds import FITNESS_NAMES
 from nas.units import human
 
 
@@ -36,7 +37,7 @@ def print_table(console: Console, rows: list[Candidate], pareto: bool, top: int 
     shown = [c for c in rows if c.on_front] if pareto else rows[:top]
     if pareto:
         shown.sort(key=lambda c: c.macs)
-    by = "inherited mean cross-entropy" if rows and rows[0].fitness == "loss" else "inherited top-1"
+    by = FITNESS_NAMES[rows[0].fitness] if rows else "the fitness"
     table = Table(title=f"Pareto front ({by} vs MACs)" if pareto else f"top {len(shown)} of {len(rows)} candidates",
                   caption=f"inherited top-1 and loss on the held-out split, ranked by {by}")
     for column in ("rank", "trial", "gen", "arch", "top-1", "loss", "MACs", "params"):

@@ -34,12 +34,12 @@ from optuna.distributions import CategoricalDistribution
 from optuna.samplers import BaseGASampler
 from optuna.trial import FrozenTrial, TrialState
 
+from nas.search.fitness_kinds import FITNESSES
 from nas.search.optuna_adapter import forget_cached_trials, generation_key, nsga2_elite, storage_of, trial_id
 from nas.search.workers import REAP_EVERY_S, WORKER_KEY, fail_dead_trials, worker_identity
 from search_spaces import Arch, SearchSpace
 
 OBJECTIVES = ("top1", "pareto")
-FITNESSES = {"top1": "maximize", "loss": "minimize"}  # a trial's first value, and which way is better
 
 
 CLAIM_KEY = "nas:arch"  # trial system attribute: hash of the arch the trial evaluates (None after a withdrawal)

@@ -362,7 +362,7 @@ def test_report_names_the_fitness_the_search_ranked_by(finished, tmp_path):
     reference, *_ = finished
     report = (reference / "report.md").read_text()
     assert "fitness: inherited mean cross-entropy on 60 held-out train images" in report
-    assert "![search: inherited loss against MACs](search/search.png)" in report
+    assert "![search: inherited mean cross-entropy against MACs](search/search.png)" in report
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     summary = json.loads((out / "search" / "search.json").read_text())

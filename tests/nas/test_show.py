@@ -77,7 +77,7 @@ def test_a_finished_search(runs, capsys):
     assert summary["progress"]["evaluated"] == summary["progress"]["planned"] == 2
     assert summary["best"]["arch"] == search["best"]["arch"] and summary["holdout"] == 100
     text, _ = run(capsys, "show", str(runs / "search"))
-    assert f"loss {search['best']['loss']:.4f} (ranked by the loss)" in text
+    assert f"loss {search['best']['loss']:.4f} (ranked by --fitness loss)" in text
     assert summary["next"] == (f"nas export --supernet {runs / 'supernet' / 'checkpoint.pt'} --arch "
                                f"{runs / 'search' / 'best.yaml'} --out {runs / 'search' / 'model'}")
 
