@@ -102,7 +102,7 @@ def _best_rows(summary: dict) -> list[tuple[str, str]]:
         return []
     if summary["kind"] == "search":
         loss = f", loss {best['loss']:.4f}" if best.get("loss") is not None else ""
-        by = f" (ranked by --fitness {summary['fitness']})" if summary.get("fitness") else ""
+        by = f" (ranked by --fitness {summary['fitness']})"  # run_summary fills in the fitness of older searches
         return [("best", f"{percent(best.get('top1'))} top-1{loss}{by}, {human(best['macs'])} MACs, "
                          f"{human(best['params'])} params: {best.get('file')}")]
     rows = []
